@@ -1,0 +1,1 @@
+"""Developer tools (test broker, helpers); not part of the installed package."""

@@ -1,0 +1,696 @@
+"""A real single-node Apache Kafka broker (KRaft, combined broker+controller) for tests.
+
+Stdlib only. The broker runs from the jars that Maven resolves from ``devtools/kafka/pom.xml``
+(see :func:`ensure_jars`); it needs ``java`` (17+) and, for the first download, ``mvn``.
+
+Library use::
+
+    from devtools.kafka_broker import KafkaBroker, ensure_jars
+
+    ensure_jars()
+    with KafkaBroker() as broker:
+        print(broker.bootstrap_servers)  # "127.0.0.1:PORT"
+
+Command line (runs until SIGINT/SIGTERM)::
+
+    python devtools/kafka_broker.py [--port N] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import contextlib
+import fcntl
+import hashlib
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO, NamedTuple
+
+__all__ = [
+    "DEFAULT_LIBS_DIR",
+    "BrokerInfo",
+    "KafkaBroker",
+    "ensure_jars",
+    "free_port",
+    "metadata_brokers",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_DEVTOOLS_DIR = Path(__file__).resolve().parent / "kafka"
+POM_PATH = KAFKA_DEVTOOLS_DIR / "pom.xml"
+LOG4J_CONFIG = KAFKA_DEVTOOLS_DIR / "log4j2.properties"
+DEFAULT_LIBS_DIR = REPO_ROOT / ".kafka" / "libs"
+STAMP_NAME = ".pom-sha256"
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+LOOPBACK = "127.0.0.1"
+NODE_ID = 1
+
+# Measured on 2 vCPUs / OpenJDK 17 (Kafka 4.3.1): SerialGC + C1-only JIT start the node in
+# about 2 s instead of about 3 s with Kafka's default G1 flags; throughput is irrelevant here.
+JVM_FAST_START_FLAGS = (
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-XX:-UsePerfData",
+    "-Djava.awt.headless=true",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# jars
+# --------------------------------------------------------------------------------------------
+
+
+def _pom_digest(pom: Path) -> str:
+    h = hashlib.sha256()
+    h.update(pom.read_bytes())
+    return h.hexdigest()
+
+
+def _has_jars(libs: Path) -> bool:
+    return any(libs.glob("kafka_2.13-*.jar"))
+
+
+def _find_executable(name: str, env_home: str | None = None) -> str:
+    if env_home:
+        home = os.environ.get(env_home)
+        if home:
+            candidate = Path(home) / "bin" / name
+            if candidate.is_file():
+                return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name!r} not found on PATH (needed for the Kafka test broker)")
+    return found
+
+
+def ensure_jars(dest: Path | None = None) -> Path:
+    """Download the broker's runtime jars into ``dest`` (default ``<repo>/.kafka/libs``).
+
+    Idempotent: a stamp file in ``dest`` holds the sha256 of ``devtools/kafka/pom.xml``; when it
+    matches, nothing runs. Otherwise Maven copies the jars into a fresh sibling directory which
+    then replaces ``dest`` (so a version bump never leaves old jars on the ``libs/*`` classpath).
+    Maven caches artifacts in ``~/.m2/repository``, so a re-download needs no network; set
+    ``KAFKA_JARS_OFFLINE=1`` to pass ``-o`` (offline) to Maven.
+    """
+    libs = (dest if dest is not None else DEFAULT_LIBS_DIR).resolve()
+    digest = _pom_digest(POM_PATH)
+    stamp = libs / STAMP_NAME
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = libs.parent / f".{libs.name}.lock"
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # serialise concurrent test processes
+        try:
+            if stamp.is_file() and stamp.read_text().strip() == digest and _has_jars(libs):
+                return libs
+            tmp = Path(tempfile.mkdtemp(prefix=f".{libs.name}-", dir=libs.parent))
+            try:
+                cmd = [
+                    _find_executable("mvn", "MAVEN_HOME"),
+                    "-B",
+                    "-q",
+                    *(["-o"] if os.environ.get("KAFKA_JARS_OFFLINE") == "1" else []),
+                    "-f",
+                    str(POM_PATH),
+                    "dependency:copy-dependencies",
+                    f"-DoutputDirectory={tmp}",
+                ]
+                try:
+                    proc = subprocess.run(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                        timeout=1200,
+                        check=False,
+                    )
+                except subprocess.TimeoutExpired as exc:
+                    raise RuntimeError(f"fetching Kafka jars timed out: {' '.join(cmd)}") from exc
+                if proc.returncode != 0 or not _has_jars(tmp):
+                    output = _ANSI_ESCAPE.sub("", proc.stdout)[-8000:]
+                    raise RuntimeError(
+                        f"fetching Kafka jars failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                        f"{output}"
+                    )
+                (tmp / STAMP_NAME).write_text(digest + "\n")
+                if libs.exists():
+                    shutil.rmtree(libs)
+                tmp.rename(libs)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+            return libs
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------------------
+# ports and the raw Metadata probe
+# --------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 (not reserved: bind it soon).
+
+    Chosen outside the kernel's ephemeral range, so that neither outgoing connections nor a
+    client that keeps reconnecting to a not-yet-started broker (TCP self-connect) can take it.
+    """
+    return _free_ports(1)[0]
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux default
+
+
+def _candidate_ports() -> range | None:
+    low, high = _ephemeral_range()
+    if low - 1 >= 20000 + 1000:
+        return range(20000, low)
+    if high + 1 <= 65535 - 1000:
+        return range(high + 1, 65536)
+    return None
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_ports(n: int) -> list[int]:
+    candidates = _candidate_ports()
+    chosen: list[int] = []
+    if candidates is not None:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            port = rng.choice(candidates)
+            if port not in chosen and _bindable(port):
+                chosen.append(port)
+                if len(chosen) == n:
+                    return chosen
+    # Fallback: let the kernel pick (ephemeral range); bind all at once so they differ.
+    socks: list[socket.socket] = []
+    try:
+        while len(chosen) < n:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+            if port not in chosen:
+                chosen.append(port)
+        return chosen
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+class BrokerInfo(NamedTuple):
+    node_id: int
+    host: str
+    port: int
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed by broker")
+        buf += chunk
+    return bytes(buf)
+
+
+def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[BrokerInfo]:
+    """Send a raw MetadataRequest v1 (no topics) and return the brokers it lists.
+
+    Request: int32 size | int16 api_key=3 | int16 api_version=1 | int32 correlation_id |
+    int16-length client_id | int32 topic_count=0.
+    Response v1: int32 correlation_id | [int32 node_id, str host, int32 port, nullable str rack]
+    | int32 controller_id | topics (ignored).
+    """
+    correlation_id = 0x4B42
+    client_id = b"kafka-broker-probe"
+    body = struct.pack(">hhih", 3, 1, correlation_id, len(client_id)) + client_id
+    body += struct.pack(">i", 0)
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(struct.pack(">i", len(body)) + body)
+        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+        data = _recv_exact(sock, size)
+    pos = 0
+
+    def take(fmt: str) -> int:
+        nonlocal pos
+        (value,) = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return int(value)
+
+    def take_str() -> str | None:
+        nonlocal pos
+        length = take(">h")
+        if length < 0:
+            return None
+        raw = data[pos : pos + length]
+        pos += length
+        return raw.decode("utf-8")
+
+    if take(">i") != correlation_id:
+        raise ConnectionError("unexpected correlation id in Metadata response")
+    brokers: list[BrokerInfo] = []
+    for _ in range(take(">i")):
+        node_id = take(">i")
+        bhost = take_str() or ""
+        bport = take(">i")
+        take_str()  # rack
+        brokers.append(BrokerInfo(node_id, bhost, bport))
+    return brokers
+
+
+# --------------------------------------------------------------------------------------------
+# the broker
+# --------------------------------------------------------------------------------------------
+
+
+def _random_cluster_id() -> str:
+    # Same shape as `kafka-storage.sh random-uuid`: 22 chars URL-safe base64, no leading "-".
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+_LIVE_BROKERS: weakref.WeakSet[KafkaBroker] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftover_brokers() -> None:
+    # Safety net: a crashed/aborted test run must not leave broker JVMs behind.
+    for broker in list(_LIVE_BROKERS):
+        with contextlib.suppress(Exception):
+            broker.kill()
+
+
+class KafkaBroker:
+    """One combined KRaft node (``process.roles=broker,controller``) on 127.0.0.1.
+
+    The ports are known right after construction and stay fixed, so ``start()`` after
+    ``stop()``/``kill()`` comes back on the same port with the same data (the storage is
+    formatted only once). The one exception: if an auto-picked port is taken by someone else
+    before the very first start, ``start()`` retries with new ports.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        workdir: Path | None = None,
+        heap: str = "512m",
+        *,
+        controller_port: int | None = None,
+        libs: Path | None = None,
+        extra_properties: dict[str, str] | None = None,
+    ) -> None:
+        ports = [p for p in _free_ports(3) if p != port]
+        self._port = port if port is not None else ports[0]
+        self._controller_port = controller_port if controller_port is not None else ports[1]
+        if self._port == self._controller_port:
+            raise ValueError("broker and controller ports must differ")
+        # Auto-picked ports may be re-picked by a failed first start() only while nobody has
+        # read them (a test may point an app at `bootstrap_servers` before start()).
+        self._ports_picked = port is None and controller_port is None
+        self._ports_observed = False
+        if workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="kafka-broker-"))
+            self._owns_workdir = True
+        else:
+            self._workdir = Path(workdir).resolve()
+            self._workdir.mkdir(parents=True, exist_ok=True)
+            self._owns_workdir = False
+        self._heap = heap
+        self._libs = libs
+        self._extra_properties = dict(extra_properties or {})
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._log_offset = 0
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        self._ports_observed = True
+        return self._port
+
+    @property
+    def controller_port(self) -> int:
+        self._ports_observed = True
+        return self._controller_port
+
+    @property
+    def bootstrap_servers(self) -> str:
+        self._ports_observed = True
+        return f"{LOOPBACK}:{self._port}"
+
+    @property
+    def workdir(self) -> Path:
+        return self._workdir
+
+    @property
+    def data_dir(self) -> Path:
+        return self._workdir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self._workdir / "broker.log"
+
+    @property
+    def properties_path(self) -> Path:
+        return self._workdir / "server.properties"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return f"<KafkaBroker {LOOPBACK}:{self._port} {state} workdir={self._workdir}>"
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def server_properties(self) -> dict[str, str]:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": str(NODE_ID),
+            "controller.quorum.bootstrap.servers": f"{LOOPBACK}:{self._controller_port}",
+            "listeners": (
+                f"PLAINTEXT://{LOOPBACK}:{self._port},CONTROLLER://{LOOPBACK}:{self._controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self._port}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "1",
+            "auto.create.topics.enable": "true",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "log.cleaner.dedupe.buffer.size": str(2 * 1024 * 1024),
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "num.recovery.threads.per.data.dir": "1",
+            # A clean stop() deregisters the broker (controlled shutdown), so a restart is
+            # ready in ~2 s. With controlled.shutdown.enable=false every restart waited a full
+            # broker.session.timeout.ms (default 9 s) for the old registration to expire. The
+            # controller runs in the same JVM, so controlled shutdown cannot hang on a missing
+            # quorum here (and stop() falls back to SIGKILL anyway).
+            "controlled.shutdown.enable": "true",
+            # Shortens the wait after kill() (crash) + start(): ~4 s instead of ~9 s.
+            "broker.heartbeat.interval.ms": "1000",
+            "broker.session.timeout.ms": "4000",
+            # Exit instead of hanging forever if the node cannot come up.
+            "server.max.startup.time.ms": "60000",
+        }
+        props.update(self._extra_properties)
+        return props
+
+    def _write_properties(self) -> None:
+        lines = [f"{k}={v}" for k, v in self.server_properties().items()]
+        self.properties_path.write_text("\n".join(lines) + "\n")
+
+    def _java_base(self, heap: str) -> list[str]:
+        libs = self._libs if self._libs is not None else DEFAULT_LIBS_DIR
+        return [
+            _find_executable("java", "JAVA_HOME"),
+            f"-Xmx{heap}",
+            *JVM_FAST_START_FLAGS,
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            f"-Dkafka.logs.dir={self._workdir}",
+            "-cp",
+            f"{libs.resolve()}/*",  # expanded by the JVM, not the shell
+        ]
+
+    def _is_formatted(self) -> bool:
+        return (self.data_dir / "meta.properties").is_file()
+
+    def _format(self) -> None:
+        cmd = [
+            *self._java_base("256m"),
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            f"--cluster-id={_random_cluster_id()}",
+            "--config",
+            str(self.properties_path),
+        ]
+        proc = subprocess.run(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+            check=False,
+        )
+        with self.log_path.open("ab") as log:
+            log.write(b"=== kafka.tools.StorageTool format ===\n" + proc.stdout)
+        if proc.returncode != 0:
+            out = proc.stdout.decode(errors="replace")[-4000:]
+            raise RuntimeError(f"formatting Kafka storage failed (exit {proc.returncode}):\n{out}")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Format (first time only), launch the JVM and wait until it serves Metadata."""
+        if self.is_running:
+            return
+        self._reap()
+        ensure_jars(self._libs)
+        may_repick = self._ports_picked and not self._ports_observed and not self._is_formatted()
+        attempts = 3 if may_repick else 1
+        for attempt in range(attempts):
+            try:
+                self._start_once(timeout)
+                return
+            except _PortInUseError:
+                if attempt + 1 >= attempts:
+                    raise
+                # Someone grabbed a pre-picked port before the JVM bound it: new ports, and
+                # a fresh format (the voter endpoint is recorded in the metadata log).
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+                self._port, self._controller_port = _free_ports(2)
+
+    def _start_once(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self._write_properties()
+        if not self._is_formatted():
+            self._format()
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log_file = self.log_path.open("ab")
+        self._log_file.write(f"=== kafka.Kafka start on port {self._port} ===\n".encode())
+        self._log_file.flush()
+        cmd = [
+            *self._java_base(self._heap),
+            "kafka.Kafka",
+            str(self.properties_path),
+        ]
+        self._proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=self._workdir,
+            start_new_session=True,
+        )
+        _LIVE_BROKERS.add(self)
+        try:
+            self._wait_ready(deadline, timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_ready(self, deadline: float, timeout: float) -> None:
+        assert self._proc is not None
+        last_error = "broker port not open yet"
+        while True:
+            rc = self._proc.poll()
+            if rc is not None:
+                tail = self.log_tail()
+                reason = _first_error_line(tail)
+                msg = (
+                    f"Kafka broker exited with code {rc} during start-up "
+                    f"({LOOPBACK}:{self._port}, controller port {self._controller_port}): "
+                    f"{reason}\n--- tail of {self.log_path} ---\n{tail}"
+                )
+                if "Address already in use" in tail:
+                    raise _PortInUseError(msg)
+                raise RuntimeError(msg)
+            try:
+                brokers = metadata_brokers(LOOPBACK, self._port, timeout=2.0)
+                if any(b.port == self._port for b in brokers):
+                    return
+                last_error = f"Metadata lists brokers {brokers}"
+            except OSError as exc:
+                last_error = repr(exc)
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"Kafka broker not ready within {timeout:.1f}s on {LOOPBACK}:{self._port} "
+                    f"(last probe: {last_error})\n--- tail of {self.log_path} ---\n"
+                    f"{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def log_tail(self, max_bytes: int = 6000) -> str:
+        """The end of the broker log written since the last ``start()``."""
+        try:
+            with self.log_path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(self._log_offset, size - max_bytes))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return "<no broker log>"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Clean shutdown (SIGTERM), SIGKILL after ``timeout`` seconds. Keeps the data."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL the broker right now (crash simulation). Keeps the data."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None
+        if self._proc is None:
+            _LIVE_BROKERS.discard(self)
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+
+    def close(self) -> None:
+        """``stop()``, then delete the workdir if this object created it."""
+        self.stop()
+        if self._owns_workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def __enter__(self) -> KafkaBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _PortInUseError(RuntimeError):
+    pass
+
+
+def _first_error_line(log: str) -> str:
+    lines = log.splitlines()
+    for needle in ("failed to bind", "Address already in use", " ERROR ", "Exception"):
+        for line in lines:
+            if needle in line:
+                return line.strip()
+    return "no error line in the log"
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[threading.Event]:
+    event = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda _signum, _frame: event.set())
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield event
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a single-node Kafka broker for tests.")
+    parser.add_argument("--port", type=int, default=None, help="broker port (default: free)")
+    parser.add_argument("--workdir", type=Path, default=None, help="data/log dir (default: tmp)")
+    parser.add_argument("--heap", default="512m", help="JVM -Xmx (default: 512m)")
+    args = parser.parse_args(argv)
+
+    ensure_jars()
+    broker = KafkaBroker(port=args.port, workdir=args.workdir, heap=args.heap)
+    with _stop_signals() as stop_requested:
+        try:
+            started = time.monotonic()
+            broker.start()
+            print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+            print(
+                f"# started in {time.monotonic() - started:.1f}s, log: {broker.log_path}",
+                file=sys.stderr,
+                flush=True,
+            )
+            while not stop_requested.wait(0.5):
+                if not broker.is_running:
+                    print(f"broker exited:\n{broker.log_tail()}", file=sys.stderr, flush=True)
+                    return 1
+            return 0
+        finally:
+            broker.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

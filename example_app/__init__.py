@@ -1,0 +1,1 @@
+"""A FastAPI app wired with KafkaLogMiddleware, for the demo and the README."""

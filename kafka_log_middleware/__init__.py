@@ -1,0 +1,21 @@
+"""Kong's kafka-log plugin as ASGI middleware: Kong-exact request logs, published to Kafka.
+
+Data flow, one module each: ``config`` → ``asgi`` (the middleware) → ``capture`` (raw
+facts, on the request path) → ``buffer`` → ``publisher`` (background) → ``serializer``
+(+ ``nginx_vars``, ``custom_fields``) → ``producers`` → Kafka.
+"""
+
+from .asgi import KafkaLogMiddleware, find_middleware
+from .capture import CapturedRequest
+from .config import KafkaLogConfig, starlette_route
+from .custom_fields import set_serialize_value
+
+__all__ = [
+    "CapturedRequest",
+    "KafkaLogConfig",
+    "KafkaLogMiddleware",
+    "find_middleware",
+    "set_serialize_value",
+    "starlette_route",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,203 @@
+"""``KafkaLogMiddleware``: pure ASGI middleware that logs every HTTP request to Kafka.
+
+The request path only records raw facts (``capture.py``) and appends them to a
+bounded buffer; it never awaits Kafka and never fails because of it. Websocket
+scopes pass through untouched. Lifespan startup starts the publisher (and the
+producer's connection); lifespan shutdown flushes and closes, within
+``shutdown_timeout``. Apps that do not speak lifespan (Django's ASGI handler) get it
+spoken for them; servers that send none still work: the publisher starts with the
+first request, and ``await middleware.aclose()`` flushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Unpack
+
+from . import _log
+from .buffer import LogBuffer
+from .capture import CapturedRequest
+from .config import KafkaLogConfig, KafkaLogFields
+from .producers import Producer, cache_for_running_loop
+from .publisher import Publisher, Resolver
+from .types import ASGIApp, Message, Receive, Scope, Send
+
+_running_loop = asyncio.get_running_loop
+
+
+class KafkaLogMiddleware:
+    """Publish a Kong-format log entry to Kafka for every HTTP request ``app`` serves.
+
+    Give either a ``KafkaLogConfig`` or its fields as keywords. ``config_resolver``
+    may choose another config per request (for example a topic per route); it runs
+    in the background with the captured request.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: KafkaLogConfig | None = None,
+        *,
+        config_resolver: Resolver | None = None,
+        **fields: Unpack[KafkaLogFields],
+    ) -> None:
+        if config is None:
+            config = KafkaLogConfig(**fields)  # type: ignore[arg-type]
+        elif fields:
+            raise TypeError("give either config or its fields as keywords, not both")
+        elif not isinstance(config, KafkaLogConfig):
+            raise TypeError(f"config must be a KafkaLogConfig, not {type(config).__name__}")
+        if config_resolver is not None and not callable(config_resolver):
+            raise TypeError("config_resolver must be callable")
+        self.app = app
+        self._config = config
+        self._resolver = config_resolver
+        self._buffer = LogBuffer(config.producer_async_buffering_limits_messages_in_memory)
+        self._publisher: Publisher | None = None
+
+    def __repr__(self) -> str:
+        return f"KafkaLogMiddleware({self._config!r})"
+
+    @property
+    def config(self) -> KafkaLogConfig:
+        """The configuration in force for new requests."""
+        return self._config
+
+    # -- the request path -------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        publisher = self._publisher
+        if publisher is None or publisher.loop is not _running_loop():
+            self._start()
+        request = CapturedRequest(scope, self._config, receive, send)
+        try:
+            await self.app(scope, request.receive, request.send)
+        except asyncio.CancelledError:
+            request.client_gone = True
+            raise
+        except BaseException:
+            request.raised = True
+            raise
+        finally:
+            request.detach()
+            self._buffer.put(request)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Start a publisher in the running loop (at startup, or with the first request)."""
+        old = self._publisher
+        if old is not None and old.loop is _running_loop():
+            return
+        if old is not None:
+            _log.warn(
+                "loop",
+                "kafka_log_middleware: serving from a new event loop; "
+                "the previous loop's publisher is abandoned",
+            )
+        self._publisher = Publisher(
+            self._buffer, lambda: self._config, cache_for_running_loop(), self._resolver
+        )
+        self._publisher.start()
+
+    async def aclose(self) -> None:
+        """Flush pending entries and close producers, within ``shutdown_timeout``.
+
+        Lifespan shutdown calls this; call it yourself when the server sends no lifespan.
+        """
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None and publisher.loop is _running_loop():
+            await publisher.close(self._config.shutdown_timeout / 1000)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = False
+
+        async def lifespan_receive() -> Message:
+            nonlocal received
+            received = True
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._start()
+            return message
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.aclose()
+            await send(message)
+
+        try:
+            await self.app(scope, lifespan_receive, lifespan_send)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            if received:
+                await self.aclose()
+                raise
+        if not received:
+            # The app does not speak lifespan (e.g. Django's ASGIHandler): speak it for it.
+            await self._own_lifespan(receive, send)
+
+    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- runtime control ------------------------------------------------------
+
+    def update_config(
+        self, config: KafkaLogConfig | None = None, **changes: Unpack[KafkaLogFields]
+    ) -> None:
+        """Switch to a new config (or the current one with ``changes``) for new requests.
+
+        Requests already captured keep the config they started with. A producer that no
+        config in force uses any more is flushed and closed.
+        """
+        if config is None:
+            config = self._config.replace(**changes)
+        elif changes:
+            raise TypeError("give either config or changes as keywords, not both")
+        elif not isinstance(config, KafkaLogConfig):
+            raise TypeError(f"config must be a KafkaLogConfig, not {type(config).__name__}")
+        self._config = config
+        self._buffer.limit = config.producer_async_buffering_limits_messages_in_memory
+        publisher = self._publisher
+        if publisher is not None and not publisher.loop.is_closed():
+            publisher.loop.call_soon_threadsafe(self._buffer.wake)
+
+    def stats(self) -> dict[str, int]:
+        """``enqueued``, ``delivered``, ``dropped``, ``pending``, ``buffered`` and
+        ``dropped_<reason>`` counts; ``enqueued == delivered + dropped + pending``."""
+        return self._buffer.stats()
+
+    def producers(self) -> list[Producer]:
+        """The Kafka producers this middleware currently holds."""
+        return [] if self._publisher is None else self._publisher.producers()
+
+
+def find_middleware(app: Any) -> KafkaLogMiddleware | None:
+    """The ``KafkaLogMiddleware`` inside ``app``'s middleware stack, if any.
+
+    For apps that added it with ``app.add_middleware(...)`` (Starlette builds the stack
+    on the first call, so look after startup).
+    """
+    seen: set[int] = set()
+    node = app
+    while node is not None and id(node) not in seen:
+        if isinstance(node, KafkaLogMiddleware):
+            return node
+        seen.add(id(node))
+        node = getattr(node, "middleware_stack", None) or getattr(node, "app", None)
+    return None

@@ -1,0 +1,137 @@
+"""The bounded buffer between the request path and the publisher, and its accounting.
+
+Every captured request is counted as enqueued; from then on it is pending until it is
+delivered (acknowledged by Kafka) or dropped with a reason. So at every moment
+``enqueued == delivered + dropped + pending``. The bound applies to pending entries
+(buffered, being encoded, or handed to Kafka and not yet acknowledged): memory stays
+bounded while Kafka is down, and the overflow is counted, never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from . import _log
+
+if TYPE_CHECKING:
+    from .capture import CapturedRequest
+
+DROP_REASONS = ("buffer_full", "serialize_error", "kafka_error", "shutdown")
+"""Why an entry can be dropped: the buffer bound was reached; building or encoding the
+entry failed; Kafka rejected it or every delivery attempt failed; shutdown came first."""
+
+
+class LogBuffer:
+    """A bounded FIFO of captured requests with delivered/dropped/pending counters."""
+
+    __slots__ = (
+        "_items",
+        "_waiter",
+        "_wake_at",
+        "delivered",
+        "dropped",
+        "drops",
+        "enqueued",
+        "limit",
+    )
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: deque[CapturedRequest] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_at = 1
+        self.enqueued = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.drops = dict.fromkeys(DROP_REASONS, 0)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def pending(self) -> int:
+        """Entries neither delivered nor dropped yet."""
+        return self.enqueued - self.delivered - self.dropped
+
+    def put(self, item: CapturedRequest) -> None:
+        """Append one entry (the request path's only call); drops it when the bound is reached."""
+        if self.enqueued - self.delivered - self.dropped >= self.limit:
+            self.enqueued += 1
+            self.drop("buffer_full", 1)
+            return
+        self.enqueued += 1
+        items = self._items
+        items.append(item)
+        if len(items) >= self._wake_at and self._waiter is not None:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, count: int, timeout: float | None) -> None:
+        """Wait until at least ``count`` entries are buffered, or ``timeout`` seconds passed."""
+        if len(self._items) >= count:
+            return
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self._wake_at = count
+        try:
+            if timeout is None:
+                await waiter
+            else:
+                await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiter = None
+
+    def wake(self) -> None:
+        """Wake a waiting publisher now (at shutdown or on a config change)."""
+        self._wake()
+
+    def peek(self) -> CapturedRequest | None:
+        """The oldest buffered entry, if any."""
+        return self._items[0] if self._items else None
+
+    def take(self, count: int) -> list[CapturedRequest]:
+        """Remove and return up to ``count`` of the oldest entries (they stay pending)."""
+        items = self._items
+        return [items.popleft() for _ in range(min(count, len(items)))]
+
+    def put_back(self, entries: list[CapturedRequest]) -> None:
+        """Return entries taken but not handed over, to the front, in their order."""
+        self._items.extendleft(reversed(entries))
+
+    def drain_all(self) -> list[CapturedRequest]:
+        """Remove and return every buffered entry."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def deliver(self, count: int) -> None:
+        """Count ``count`` entries as acknowledged by Kafka."""
+        self.delivered += count
+
+    def drop(self, reason: str, count: int) -> None:
+        """Count ``count`` entries as dropped for ``reason`` (one of ``DROP_REASONS``)."""
+        self.dropped += count
+        self.drops[reason] += count
+        _log.warn(
+            "drop:" + reason, "kafka_log_middleware: dropped %d log entries (%s)", count, reason
+        )
+
+    def stats(self) -> dict[str, int]:
+        """Counters as a dict; ``enqueued == delivered + dropped + pending`` holds."""
+        stats = {
+            "enqueued": self.enqueued,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "pending": self.pending,
+            "buffered": len(self._items),
+        }
+        for reason, count in self.drops.items():
+            stats["dropped_" + reason] = count
+        return stats

@@ -1,0 +1,319 @@
+"""The nginx variables and ngx APIs Kong's serializers read, rebuilt from ASGI facts.
+
+Each function reproduces one variable (``$request_uri``, ``$host``, ``$request_length``,
+``$bytes_sent``…) or one OpenResty API (``ngx.req.get_uri_args``, ``ngx.req.get_headers``)
+with the same rules, so that the entry has the values Kong would log.
+"""
+
+from __future__ import annotations
+
+import http
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote_to_bytes
+
+from .types import Scope
+
+if TYPE_CHECKING:
+    from .capture import CapturedRequest
+
+MAX_ARGS = 100
+"""``lua_max_uri_args`` default: Kong logs at most this many query arguments."""
+MAX_HEADERS = 100
+"""``lua_max_req_headers`` default: Kong logs at most this many headers."""
+
+SERVER_ERROR_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", b"21"),
+    (b"connection", b"close"),
+)
+"""Headers of the 500 response uvicorn sends when the app raised before responding."""
+SERVER_ERROR_BODY = b"Internal Server Error"
+"""Body of that response."""
+
+_REASONS: dict[int, str] = {s.value: s.phrase for s in http.HTTPStatus}
+_STATUS_LINES: dict[int, int] = {}
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
+
+_TLS_VERSIONS = {
+    0x0300: "SSLv3",
+    0x0301: "TLSv1",
+    0x0302: "TLSv1.1",
+    0x0303: "TLSv1.2",
+    0x0304: "TLSv1.3",
+}
+# IANA cipher suite id → OpenSSL name, as in nginx's $ssl_cipher.
+_CIPHERS = {
+    0x1301: "TLS_AES_128_GCM_SHA256",
+    0x1302: "TLS_AES_256_GCM_SHA384",
+    0x1303: "TLS_CHACHA20_POLY1305_SHA256",
+    0x1304: "TLS_AES_128_CCM_SHA256",
+    0x1305: "TLS_AES_128_CCM_8_SHA256",
+    0xC02B: "ECDHE-ECDSA-AES128-GCM-SHA256",
+    0xC02C: "ECDHE-ECDSA-AES256-GCM-SHA384",
+    0xC02F: "ECDHE-RSA-AES128-GCM-SHA256",
+    0xC030: "ECDHE-RSA-AES256-GCM-SHA384",
+    0xCCA8: "ECDHE-RSA-CHACHA20-POLY1305",
+    0xCCA9: "ECDHE-ECDSA-CHACHA20-POLY1305",
+    0xCCAA: "DHE-RSA-CHACHA20-POLY1305",
+    0x009E: "DHE-RSA-AES128-GCM-SHA256",
+    0x009F: "DHE-RSA-AES256-GCM-SHA384",
+    0xC023: "ECDHE-ECDSA-AES128-SHA256",
+    0xC024: "ECDHE-ECDSA-AES256-SHA384",
+    0xC027: "ECDHE-RSA-AES128-SHA256",
+    0xC028: "ECDHE-RSA-AES256-SHA384",
+    0xC009: "ECDHE-ECDSA-AES128-SHA",
+    0xC00A: "ECDHE-ECDSA-AES256-SHA",
+    0xC013: "ECDHE-RSA-AES128-SHA",
+    0xC014: "ECDHE-RSA-AES256-SHA",
+    0x009C: "AES128-GCM-SHA256",
+    0x009D: "AES256-GCM-SHA384",
+    0x003C: "AES128-SHA256",
+    0x003D: "AES256-SHA256",
+    0x002F: "AES128-SHA",
+    0x0035: "AES256-SHA",
+}
+
+
+def text(raw: bytes) -> str:
+    """Bytes as the JSON string Kong would emit: UTF-8 when valid, else byte-for-byte latin-1.
+
+    Kong writes the raw bytes, so UTF-8 input must stay UTF-8; anything else cannot be
+    valid JSON text, and latin-1 keeps one character per byte.
+    """
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def raw_target(scope: Scope) -> bytes:
+    """The raw request target (path and ``?query``) as the client sent it."""
+    path = scope.get("raw_path")
+    if path is None:
+        root = scope.get("root_path", "")
+        full = scope.get("path", "/")
+        if root and not full.startswith(root):
+            full = root + full
+        path = quote(full, safe=_PATH_SAFE).encode("ascii")
+    query = scope.get("query_string")
+    return path + b"?" + query if query else path
+
+
+def request_uri(scope: Scope) -> str:
+    """``$request_uri``: the original request target, not decoded, with its ``?query``."""
+    return text(raw_target(scope))
+
+
+def host(scope: Scope) -> str:
+    """``$host``: the Host header without its port, lower-cased, else the server's address."""
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"host":
+            return _host_name(value)
+    server = scope.get("server")
+    if server and server[1] is not None:
+        return str(server[0])
+    return "localhost"  # unix socket: nginx would use its server_name
+
+
+def _host_name(value: bytes) -> str:
+    # ngx_http_validate_host: an IPv6 literal keeps its brackets; one trailing dot goes.
+    if value.startswith(b"["):
+        end = value.find(b"]")
+        name = value[: end + 1] if end > 0 else value
+    else:
+        name = value.partition(b":")[0]
+    if name.endswith(b"."):
+        name = name[:-1]
+    return text(name.lower())
+
+
+def server_port(scope: Scope) -> int | None:
+    """``$server_port``: the port the server accepted the request on; None if unknown."""
+    server = scope.get("server")
+    if not server or server[1] is None:
+        return None
+    return int(server[1])
+
+
+def request_length(request: CapturedRequest) -> int:
+    """``$request_length``: bytes of the request line, header block and body."""
+    scope = request.scope
+    # "METHOD SP target SP HTTP/x.y CRLF": "HTTP/" + version is 5 + len(version).
+    size = len(scope.get("method", "GET")) + len(raw_target(scope))
+    size += len(scope.get("http_version", "1.1")) + 9
+    declared = 0
+    for name, value in scope.get("headers", ()):
+        size += len(name) + len(value) + 4  # "name: value CRLF"
+        if len(name) == 14 and name.lower() == b"content-length" and value.isdigit():
+            declared = int(value)
+    return size + 2 + max(request.body_read, declared)
+
+
+def bytes_sent(request: CapturedRequest) -> int:
+    """``$bytes_sent``: bytes sent to the client, status line and headers included.
+
+    Counts what the app sent, not the headers the server adds itself (``date``,
+    ``server``). No response and the client gone: 0 (nginx's 499). No response and the
+    app raised or returned: the server's own 500 (uvicorn's, see ``SERVER_ERROR_*``).
+    """
+    status = request.status
+    response_headers: Iterable[tuple[bytes, bytes]]
+    if status:
+        response_headers = request.response_headers
+        body = _body_size(request)
+    elif request.client_gone:
+        return 0
+    else:
+        status, response_headers, body = 500, SERVER_ERROR_HEADERS, len(SERVER_ERROR_BODY)
+    # nginx and uvicorn answer HTTP/1.x requests with an HTTP/1.1 status line.
+    size = _status_line_size(status) + 2 + body
+    for name, value in response_headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
+def _body_size(request: CapturedRequest) -> int:
+    if request.scope.get("method") == "HEAD":
+        return 0
+    if request.file_path is not None:
+        try:
+            return os.stat(request.file_path).st_size
+        except OSError:
+            return 0
+    return request.body_sent
+
+
+def _status_line_size(status: int) -> int:
+    size = _STATUS_LINES.get(status)
+    if size is None:
+        size = _STATUS_LINES[status] = len(f"HTTP/1.1 {status} {reason_phrase(status)}\r\n")
+    return size
+
+
+def reason_phrase(status: int) -> str:
+    """The reason phrase servers send for ``status`` (Python's ``HTTPStatus``); "" if unknown."""
+    return _REASONS.get(status, "")
+
+
+def uri_args(
+    query_string: bytes, max_args: int = MAX_ARGS, *, legacy_unescape: bool = False
+) -> dict[str, Any]:
+    """``ngx.req.get_uri_args(max_args)``: the query as Kong's ``request.querystring``.
+
+    Values are URL-decoded (``+`` is a space); ``?a`` → True, ``?a=`` → "", repeats → a
+    list in order; empty keys are dropped and do not count toward ``max_args`` (the FFI
+    parser counts only kept args); ``max_args`` 0 means no limit. ``legacy_unescape``
+    gives the invalid-``%`` handling of lua-nginx-module < 0.10.20 (Kong 2.0).
+    """
+    args: dict[str, Any] = {}
+    if not query_string:
+        return args
+    unescape = _unescape_legacy if legacy_unescape else _unescape
+    count = 0
+    for part in query_string.split(b"&"):
+        if not part:
+            continue
+        raw_key, eq, raw_value = part.partition(b"=")
+        key = unescape(raw_key)
+        if not key:
+            continue
+        value: str | bool = unescape(raw_value) if eq else True
+        old = args.get(key)
+        if old is None:
+            args[key] = value
+        elif type(old) is list:
+            old.append(value)
+        else:
+            args[key] = [old, value]
+        count += 1
+        if count == max_args:
+            break
+    return args
+
+
+def _unescape(raw: bytes) -> str:
+    # ngx_http_lua_unescape_uri (>= 0.10.20): an invalid "%" escape stays literal.
+    if b"+" in raw:
+        raw = raw.replace(b"+", b" ")
+    if b"%" in raw:
+        raw = unquote_to_bytes(raw)
+    return text(raw)
+
+
+def _unescape_legacy(raw: bytes) -> str:
+    # ngx_http_lua_unescape_uri (< 0.10.20): "%" + a non-hex char drops the "%";
+    # "%" + hex + non-hex drops all three; a truncated escape at the end is dropped.
+    if b"%" not in raw:
+        return text(raw.replace(b"+", b" "))
+    out = bytearray()
+    state = high = 0
+    for char in raw:
+        if state == 0:
+            if char == 0x25:
+                state = 1
+            else:
+                out.append(0x20 if char == 0x2B else char)
+        elif state == 1:
+            digit = _HEX.get(char)
+            if digit is None:
+                state = 0
+                out.append(char)
+            else:
+                high, state = digit, 2
+        else:
+            state = 0
+            digit = _HEX.get(char)
+            if digit is not None:
+                out.append(high * 16 + digit)
+    return text(bytes(out))
+
+
+def headers(raw: Iterable[tuple[bytes, bytes]], max_headers: int = MAX_HEADERS) -> dict[str, Any]:
+    """``ngx.req.get_headers(100)``: names lower-cased, repeats → a list in order, first 100.
+
+    ``max_headers`` 0 means no limit, as in ngx.
+    """
+    out: dict[str, Any] = {}
+    limit = max_headers if max_headers > 0 else -1
+    for count, (name, value) in enumerate(raw):
+        if count == limit:
+            break
+        key = name.lower().decode("latin-1")
+        val = text(value)
+        old = out.get(key)
+        if old is None:
+            out[key] = val
+        elif type(old) is list:
+            old.append(val)
+        else:
+            out[key] = [old, val]
+    return out
+
+
+def tls(scope: Scope) -> dict[str, str] | None:
+    """``request.tls`` from the ASGI ``tls`` extension; None on plain HTTP (the key is absent).
+
+    ``version`` is ``get_tls1_version_str()``, ``cipher`` ``$ssl_cipher`` (OpenSSL name),
+    ``client_verify`` ``$ssl_client_verify``.
+    """
+    extensions = scope.get("extensions")
+    info = extensions.get("tls") if extensions else None
+    if not info:
+        return None
+    version = _TLS_VERSIONS.get(info.get("tls_version"))
+    if version is None:
+        return None
+    out = {"version": version}
+    cipher = info.get("cipher_suite")
+    if cipher is not None:
+        out["cipher"] = cipher if isinstance(cipher, str) else cipher_name(cipher)
+    out["client_verify"] = "SUCCESS" if info.get("client_cert_chain") else "NONE"
+    return out
+
+
+def cipher_name(suite: int) -> str:
+    """OpenSSL name of a TLS cipher suite id; unknown ids as ``0xC0FF``."""
+    return _CIPHERS.get(suite) or f"0x{suite:04X}"

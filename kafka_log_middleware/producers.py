@@ -1,0 +1,232 @@
+"""Kafka producers, one per distinct producer configuration per process and event loop.
+
+Configs that agree on the producer settings (``KafkaLogConfig.producer_key``) share one
+producer, whichever middleware instance uses them. A producer is reference-counted:
+when its last user lets go, it is flushed and closed (Kong's original kept every one).
+Producers connect in the background and keep retrying, so an app starts and serves
+while the broker is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from . import _log
+from .config import KafkaLogConfig
+
+Message = tuple[bytes | None, bytes]
+"""An encoded Kafka message: (key, value)."""
+OnDone = Callable[[list[Message], BaseException | None], None]
+"""Called once per batch with its messages and the delivery error (None when acknowledged)."""
+
+_RECONNECT_MAX = 5.0
+_partition_for_key = DefaultPartitioner()
+
+
+class MessageTooLarge(Exception):
+    """One message is larger than ``producer_request_limits_bytes_per_request``."""
+
+
+class Producer:
+    """One aiokafka producer: connects in the background, sends batches, closes once."""
+
+    def __init__(self, config: KafkaLogConfig, cache: ProducerCache) -> None:
+        self.key = config.producer_key()
+        self.refs = 0
+        self._options = config.aiokafka_options()
+        self._backoff = max(config.producer_request_retries_backoff_timeout, 50) / 1000
+        self._cache = cache
+        self._producer: Any = None
+        self._ready = asyncio.Event()
+        self._connector: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def __repr__(self) -> str:
+        servers = ",".join(self._options["bootstrap_servers"])
+        state = "closed" if self.closed else "ready" if self.ready else "connecting"
+        return f"<Producer {servers} {state} refs={self.refs}>"
+
+    @property
+    def ready(self) -> bool:
+        """True once connected to the cluster."""
+        return self._ready.is_set()
+
+    def connect(self) -> None:
+        """Start connecting in the background (idempotent)."""
+        if self._connector is None and not self.closed:
+            self._connector = asyncio.get_running_loop().create_task(
+                self._connect(), name="kafka-log-connect"
+            )
+
+    async def _connect(self) -> None:
+        delay = self._backoff
+        while not self.closed:
+            producer = AIOKafkaProducer(**self._options)
+            try:
+                await producer.start()
+            except Exception as exc:
+                await _stop_quietly(producer, delay)
+                _log.warn(
+                    "connect",
+                    "kafka_log_middleware: cannot reach Kafka at %s (%s); "
+                    "retrying, entries stay buffered",
+                    ",".join(self._options["bootstrap_servers"]),
+                    type(exc).__name__,
+                )
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, _RECONNECT_MAX)
+                continue
+            self._producer = producer
+            self._ready.set()
+            return
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the connection; True when ready."""
+        if not self.ready:
+            self.connect()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
+        """Hand ``messages`` to the producer in batches, one per partition.
+
+        Returns once every batch is queued; ``on_done`` reports each delivery. Raises
+        when the topic's metadata cannot be had (the caller retries or drops).
+        """
+        producer = self._producer
+        partitions = sorted(await producer.partitions_for(topic))
+        available = producer.client.cluster.available_partitions_for_topic(topic)
+        groups: dict[int, list[Message]] = {}
+        # Unkeyed entries stick to one partition per call, as Kafka's sticky partitioner does.
+        unkeyed = _partition_for_key(None, partitions, list(available or ()))
+        for message in messages:
+            key = message[0]
+            part = unkeyed if key is None else _partition_for_key(key, partitions, available)
+            groups.setdefault(part, []).append(message)
+        for partition, group in groups.items():
+            await self._send_partition(topic, partition, group, on_done)
+
+    async def _send_partition(
+        self, topic: str, partition: int, group: list[Message], on_done: OnDone
+    ) -> None:
+        producer = self._producer
+        start = 0
+        while start < len(group):
+            batch = producer.create_batch()
+            end = start
+            while end < len(group):
+                key, value = group[end]
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    break
+                end += 1
+            if end == start:
+                on_done([group[start]], MessageTooLarge())
+                start += 1
+                continue
+            batch.close()
+            sent = group[start:end]
+            future = await producer.send_batch(batch, topic, partition=partition)
+            future.add_done_callback(_reporter(sent, on_done))
+            start = end
+
+    async def close(self, timeout: float) -> None:
+        """Flush what was handed over, then close, all within ``timeout`` seconds."""
+        self.closed = True
+        if self._connector is not None and not self._connector.done():
+            self._connector.cancel()
+            await asyncio.gather(self._connector, return_exceptions=True)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _stop_quietly(producer, timeout)
+
+
+def _reporter(sent: list[Message], on_done: OnDone) -> Callable[[asyncio.Future[Any]], None]:
+    def report(future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            on_done(sent, asyncio.CancelledError())
+        else:
+            on_done(sent, future.exception())
+
+    return report
+
+
+async def _stop_quietly(producer: Any, timeout: float) -> None:
+    """Stop an aiokafka producer within ``timeout`` (it can hang while the broker is down)."""
+    try:
+        await asyncio.wait_for(producer.stop(), max(timeout, 0.01))
+    except Exception as exc:
+        _log.warn(
+            "close", "kafka_log_middleware: producer did not close cleanly (%s)", type(exc).__name__
+        )
+
+
+class ProducerCache:
+    """The producers of one event loop, keyed by their settings and reference-counted."""
+
+    def __init__(self) -> None:
+        self._producers: dict[tuple[Any, ...], Producer] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._producers)
+
+    def producers(self) -> list[Producer]:
+        """The open producers (for tests and stats)."""
+        return list(self._producers.values())
+
+    def acquire(self, config: KafkaLogConfig) -> Producer:
+        """The producer for ``config``, created (and connecting) on first use."""
+        key = config.producer_key()
+        producer = self._producers.get(key)
+        if producer is None:
+            producer = self._producers[key] = Producer(config, self)
+            producer.connect()
+        producer.refs += 1
+        return producer
+
+    def release(self, producer: Producer, timeout: float) -> None:
+        """Let go of ``producer``; the last release flushes and closes it in the background."""
+        producer.refs -= 1
+        if producer.refs > 0 or self._producers.get(producer.key) is not producer:
+            return
+        del self._producers[producer.key]
+        task = asyncio.get_running_loop().create_task(
+            producer.close(timeout), name="kafka-log-close"
+        )
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def wait_closed(self) -> None:
+        """Wait for the producers being closed."""
+        while self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+_caches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ProducerCache] = (
+    weakref.WeakKeyDictionary()
+)
+_pid = os.getpid()
+
+
+def cache_for_running_loop() -> ProducerCache:
+    """The producer cache of the running event loop in this process."""
+    global _pid
+    if os.getpid() != _pid:  # a forked worker must not touch its parent's producers
+        _caches.clear()
+        _pid = os.getpid()
+    loop = asyncio.get_running_loop()
+    cache = _caches.get(loop)
+    if cache is None:
+        cache = _caches[loop] = ProducerCache()
+    return cache

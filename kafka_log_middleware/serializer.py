@@ -1,0 +1,198 @@
+"""Turn a :class:`CapturedRequest` into Kong's log entry (``kong2`` or ``kong3`` layout).
+
+``kong2`` is the basic serializer of Kong 2.0.x, ``kong3`` ``kong.log.serialize()`` of
+Kong 3.x; see ``kong-log-format.md``. A field that Kong leaves nil is absent, never null.
+Runs in the background, once per request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from . import _log, nginx_vars
+from .custom_fields import apply_edit, apply_edits, request_edits
+
+if TYPE_CHECKING:
+    from .capture import CapturedRequest
+    from .config import Hook
+
+REDACTED = "REDACTED"
+
+
+def build_entry(request: CapturedRequest) -> dict[str, Any]:
+    """The Kong log entry of one request: layout, redaction, custom fields, request edits."""
+    config = request.config
+    scope = request.scope
+    kong3 = config.log_format == "kong3"
+    answered = request.status != 0
+    uri = nginx_vars.request_uri(scope)
+    entry: dict[str, Any] = {
+        "request": _request(request, uri, kong3),
+        "upstream_uri": uri,
+        "response": _response(request, kong3),
+        "latencies": _latencies(request, kong3),
+        "client_ip": _client_ip(scope),
+        "started_at": _ms(request.started_at),
+    }
+    if kong3:
+        entry["upstream_status"] = str(request.status) if answered else ""
+        entry["source"] = "upstream" if answered else "kong"
+        if config.workspace is not None:
+            entry["workspace"] = config.workspace
+        entry["workspace_name"] = config.workspace_name
+    if config.service is not None:
+        entry["service"] = dict(config.service)
+    for field in ("route", "consumer", "authenticated_entity"):
+        hook = getattr(config, field)
+        if hook is not None:
+            value = _call(hook, request, field)
+            if value is not None:
+                entry[field] = value
+    for field, hook in config.custom_fields.items():
+        try:
+            value = hook(request)
+        except Exception as exc:
+            _warn_hook(f"custom_fields[{field!r}]", exc)
+            continue
+        apply_edit(entry, field, value, "set")
+    edits = request_edits(scope)
+    if edits:
+        apply_edits(entry, edits)
+    return entry
+
+
+def _request(request: CapturedRequest, uri: str, kong3: bool) -> dict[str, Any]:
+    scope = request.scope
+    config = request.config
+    headers = nginx_vars.headers(scope.get("headers", ()))
+    for name in config.redact_headers:
+        if name in headers:
+            headers[name] = REDACTED
+    size = nginx_vars.request_length(request)
+    out: dict[str, Any] = {
+        "uri": uri,
+        "url": _url(scope, uri, kong3),
+        "querystring": nginx_vars.uri_args(
+            scope.get("query_string", b""), legacy_unescape=not kong3
+        ),
+        "method": scope.get("method", "GET"),
+        "headers": headers,
+        "size": size if kong3 else str(size),
+    }
+    tls = nginx_vars.tls(scope)
+    if tls is not None:
+        out["tls"] = tls
+    if kong3:
+        out["id"] = _request_id(request)
+    return out
+
+
+def _url(scope: Any, uri: str, kong3: bool) -> str:
+    scheme = scope.get("scheme", "http")
+    host = nginx_vars.host(scope)
+    port = nginx_vars.server_port(scope)
+    if port is None:
+        if kong3:
+            return f"{scheme}://{host}{uri}"
+        # nginx always knows $server_port; without one, the scheme's default port.
+        port = 443 if scheme == "https" else 80
+    return f"{scheme}://{host}:{port}{uri}"
+
+
+def _request_id(request: CapturedRequest) -> str:
+    # kong3 $kong_request_id: the configured incoming header, else a fresh uuid4.
+    wanted = request.config.request_id_header
+    if wanted is not None:
+        name = wanted.encode("latin-1")
+        for key, value in request.scope.get("headers", ()):
+            if key.lower() == name:
+                return nginx_vars.text(value)
+    return uuid.uuid4().hex
+
+
+def _response(request: CapturedRequest, kong3: bool) -> dict[str, Any]:
+    status = request.status
+    raw_headers: Any = request.response_headers
+    if not status:
+        # No response from the app: nginx logs 499 when the client left first, else the
+        # server answers 500 itself.
+        if request.client_gone:
+            status, raw_headers = 499, ()
+        else:
+            status, raw_headers = 500, nginx_vars.SERVER_ERROR_HEADERS
+    size = nginx_vars.bytes_sent(request)
+    return {
+        "status": status,
+        "headers": nginx_vars.headers(raw_headers),
+        "size": size if kong3 else str(size),
+    }
+
+
+def _latencies(request: CapturedRequest, kong3: bool) -> dict[str, int]:
+    start = request.t_start
+    responded = request.t_response
+    end = request.t_end or responded or start
+    proxy = _ms(responded - start) if responded else -1
+    receive = _ms(end - responded) if responded else 0
+    # Kong's own time (entry → app invoked) is 0: the middleware calls the app at once.
+    kong = 0
+    if kong3:
+        return {"request": _ms(end - start), "proxy": proxy, "kong": kong, "receive": receive}
+    return {"request": _ms(end - start), "proxy": proxy, "kong": kong + receive}
+
+
+def _ms(seconds: float) -> int:
+    # Whole milliseconds, truncated as nginx's clock is; the rounding to 1 µs first keeps
+    # float noise (0.029 * 1000 == 28.999…) from losing a millisecond.
+    return int(round(seconds * 1000, 3)) if seconds > 0 else 0
+
+
+def _client_ip(scope: Any) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def _call(hook: Hook, request: CapturedRequest, what: str, outcome: str = "field left out") -> Any:
+    try:
+        return hook(request)
+    except Exception as exc:
+        _warn_hook(what, exc, outcome)
+        return None
+
+
+def _warn_hook(what: str, exc: Exception, outcome: str = "field left out") -> None:
+    # The exception's message may quote request data: log its type only.
+    _log.warn(f"hook:{what}", "%s hook raised %s; %s", what, type(exc).__name__, outcome)
+
+
+def message_key(request: CapturedRequest) -> bytes | None:
+    """The Kafka message key: the ``key`` hook's result, else the ``key_query_arg`` value.
+
+    With ``key_query_arg``, a repeated argument gives its first value, a bare ``?k`` none.
+    """
+    config = request.config
+    if config.key is not None:
+        value = _call(config.key, request, "key", "no message key")
+        if value is None or isinstance(value, bytes):
+            return value
+        if isinstance(value, bytearray):
+            return bytes(value)
+        if isinstance(value, str):
+            return value.encode()
+        _log.warn(
+            "hook:key:type",
+            "key hook returned %s, not str/bytes/None; no message key",
+            type(value).__name__,
+        )
+        return None
+    name = config.key_query_arg
+    if name is None:
+        return None
+    query = request.scope.get("query_string", b"")
+    if not query:
+        return None
+    value = nginx_vars.uri_args(query, legacy_unescape=config.log_format == "kong2").get(name)
+    if type(value) is list:
+        value = value[0]
+    return value.encode() if isinstance(value, str) else None

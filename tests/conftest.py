@@ -1,0 +1,60 @@
+"""Shared fixtures: a real Kafka broker for the whole session, and extra brokers on demand."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(_REPO_ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not add it
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from devtools.kafka_broker import KafkaBroker, ensure_jars  # noqa: E402
+from tests.kafka_helpers import BrokerFactory  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a live broker: ``$KAFKA_BOOTSTRAP_SERVERS``, or one started here."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if external:
+        yield external
+        return
+    ensure_jars()
+    broker = KafkaBroker(workdir=tmp_path_factory.mktemp("kafka-session"))
+    broker.start()
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def kafka_broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerFactory]:
+    """Make extra, NOT yet started brokers (port pre-picked, so ``bootstrap_servers`` is known
+    before ``start()``). Every broker made here is stopped at teardown.
+
+    Keyword arguments are passed to :class:`KafkaBroker` (``port``, ``heap``, ...).
+    """
+    ensure_jars()
+    brokers: list[KafkaBroker] = []
+
+    def make(**kwargs: object) -> KafkaBroker:
+        kwargs.setdefault("workdir", tmp_path_factory.mktemp("kafka-extra"))
+        broker = KafkaBroker(**kwargs)  # type: ignore[arg-type]
+        brokers.append(broker)
+        return broker
+
+    yield make
+    errors: list[BaseException] = []
+    for broker in brokers:
+        try:
+            broker.close()
+        except Exception as exc:  # keep stopping the others
+            errors.append(exc)
+    if errors:
+        raise errors[0]

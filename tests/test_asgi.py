@@ -1,0 +1,317 @@
+"""KafkaLogMiddleware's request path and lifecycle, without a broker (nothing listens)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
+from kafka_log_middleware.capture import CapturedRequest
+from kafka_log_middleware.serializer import build_entry
+from kafka_log_middleware.types import Message, Receive, Scope, Send
+from tests.asgi_driver import http_scope, lifespan, request
+from tests.servers import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def offline_config(**changes: Any) -> KafkaLogConfig:
+    """A config whose broker never answers; entries stay buffered (long flush timer)."""
+    fields: dict[str, Any] = {
+        "bootstrap_servers": f"127.0.0.1:{free_port()}",
+        "topic": "t",
+        "producer_async_flush_timeout": 600000,
+        "shutdown_timeout": 200,
+    }
+    return KafkaLogConfig(**{**fields, **changes})
+
+
+def buffered(middleware: KafkaLogMiddleware) -> list[CapturedRequest]:
+    return list(middleware._buffer._items)
+
+
+async def hello(request: Request) -> JSONResponse:
+    return JSONResponse({"hello": request.path_params.get("name", "world")})
+
+
+def starlette_app() -> Starlette:
+    return Starlette(routes=[Route("/hello/{name}", hello, name="hello")])
+
+
+async def test_http_request_passes_through_and_is_captured() -> None:
+    middleware = KafkaLogMiddleware(starlette_app(), offline_config())
+    response = await request(middleware, http_scope("/hello/ann", query=b"a=1"))
+    assert response.status == 200
+    assert response.body == b'{"hello":"ann"}'
+    [captured] = buffered(middleware)
+    assert captured.status == 200
+    assert captured.body_sent == len(b'{"hello":"ann"}')
+    assert captured.t_start <= captured.t_response <= captured.t_end
+    entry = build_entry(captured)
+    assert entry["route"] == {
+        "name": "hello",
+        "paths": ["/hello/{name}"],
+        "methods": ["GET", "HEAD"],
+    }
+    assert entry["request"]["querystring"] == {"a": "1"}
+    assert middleware.stats()["enqueued"] == 1
+    await middleware.aclose()
+
+
+async def test_websocket_scope_passes_through_untouched() -> None:
+    seen: list[tuple[Scope, Receive, Send]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append((scope, receive, send))
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    middleware = KafkaLogMiddleware(app, offline_config())
+    scope = {"type": "websocket", "path": "/ws", "headers": []}
+    await middleware(scope, receive, send)
+    assert seen == [(scope, receive, send)]
+    assert middleware.stats()["enqueued"] == 0
+    assert middleware.producers() == []
+
+
+async def test_exception_before_response_propagates_and_logs_500() -> None:
+    error = RuntimeError("handler failed")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise error
+
+    middleware = KafkaLogMiddleware(app, offline_config(log_format="kong3"))
+    with pytest.raises(RuntimeError) as raised:
+        await request(middleware)
+    assert raised.value is error
+    [captured] = buffered(middleware)
+    entry = build_entry(captured)
+    assert entry["response"]["status"] == 500
+    assert entry["latencies"]["proxy"] == -1
+    assert entry["upstream_status"] == ""
+    assert entry["source"] == "kong"
+    await middleware.aclose()
+
+
+async def test_exception_after_response_started_keeps_the_status() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise ValueError("mid-stream")
+
+    middleware = KafkaLogMiddleware(app, offline_config())
+    with pytest.raises(ValueError, match="mid-stream"):
+        await request(middleware)
+    [captured] = buffered(middleware)
+    assert captured.raised and captured.status == 200
+    assert build_entry(captured)["response"]["status"] == 200
+    await middleware.aclose()
+
+
+async def test_streaming_response_counts_every_chunk() -> None:
+    async def chunks() -> Any:
+        for index in range(5):
+            yield f"chunk {index}\n".encode()
+
+    async def endpoint(request: Request) -> StreamingResponse:
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    middleware = KafkaLogMiddleware(Starlette(routes=[Route("/s", endpoint)]), offline_config())
+    response = await request(middleware, http_scope("/s"))
+    assert response.body == b"".join(f"chunk {i}\n".encode() for i in range(5))
+    [captured] = buffered(middleware)
+    assert captured.body_sent == len(response.body)
+    await middleware.aclose()
+
+
+async def test_request_body_bytes_are_counted() -> None:
+    async def echo(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(len(await request.body())))
+
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+    middleware = KafkaLogMiddleware(app, offline_config())
+    await request(middleware, http_scope("/echo", method="POST"), body=b"x" * 321)
+    [captured] = buffered(middleware)
+    assert captured.body_read == 321
+    await middleware.aclose()
+
+
+async def test_pathsend_records_the_file(tmp_path: Path) -> None:
+    target = tmp_path / "file.bin"
+    target.write_bytes(b"0123456789")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]}
+        )
+        await send({"type": "http.response.pathsend", "path": str(target)})
+
+    middleware = KafkaLogMiddleware(app, offline_config(log_format="kong3"))
+    await request(middleware)
+    [captured] = buffered(middleware)
+    assert captured.file_path == str(target)
+    status_line_and_headers = len(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")
+    assert build_entry(captured)["response"]["size"] == status_line_and_headers + 10
+    await middleware.aclose()
+
+
+async def test_client_disconnect_before_response_is_499() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "http.disconnect"
+
+    middleware = KafkaLogMiddleware(app, offline_config())
+    await request(middleware, disconnect=True)
+    [captured] = buffered(middleware)
+    assert captured.client_gone
+    assert build_entry(captured)["response"]["status"] == 499
+    await middleware.aclose()
+
+
+async def test_cancelled_request_is_logged_and_cancellation_propagates() -> None:
+    started = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    middleware = KafkaLogMiddleware(app, offline_config())
+    task = asyncio.create_task(request(middleware))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [captured] = buffered(middleware)
+    assert captured.client_gone
+    await middleware.aclose()
+
+
+async def test_lifespan_is_passed_to_an_app_that_speaks_it() -> None:
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def app_lifespan(app: Starlette) -> AsyncIterator[None]:
+        events.append("startup")
+        yield
+        events.append("shutdown")
+
+    app = Starlette(routes=[Route("/hello/{name}", hello)], lifespan=app_lifespan)
+    middleware = KafkaLogMiddleware(app, offline_config())
+    async with lifespan(middleware) as sent:
+        assert events == ["startup"]
+        assert [m["type"] for m in sent] == ["lifespan.startup.complete"]
+        assert len(middleware.producers()) == 1  # connecting already, before any request
+    assert events == ["startup", "shutdown"]
+    assert [m["type"] for m in sent][-1] == "lifespan.shutdown.complete"
+    assert middleware.producers() == []
+
+
+async def test_lifespan_is_spoken_for_an_app_without_it() -> None:
+    async def django_like(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = KafkaLogMiddleware(django_like, offline_config())
+    async with lifespan(middleware) as sent:
+        assert [m["type"] for m in sent] == ["lifespan.startup.complete"]
+        response = await request(middleware)
+        assert response.status == 204
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    stats = middleware.stats()
+    assert stats["enqueued"] == 1 and stats["dropped_shutdown"] == 1 and stats["pending"] == 0
+
+
+async def test_startup_failure_of_the_app_propagates() -> None:
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        raise RuntimeError("database unreachable")
+
+    middleware = KafkaLogMiddleware(failing, offline_config())
+    with pytest.raises(RuntimeError, match="database unreachable"):
+        await failing_lifespan(middleware)
+    assert middleware.producers() == []
+
+
+async def failing_lifespan(app: Any) -> None:
+    async def receive() -> Message:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+
+
+async def test_without_lifespan_the_first_request_starts_the_publisher() -> None:
+    middleware = KafkaLogMiddleware(starlette_app(), offline_config())
+    assert middleware.producers() == []
+    await request(middleware, http_scope("/hello/x"))
+    assert len(middleware.producers()) == 1
+    await middleware.aclose()
+    assert middleware.producers() == []
+
+
+async def test_buffer_bound_drops_and_counts() -> None:
+    middleware = KafkaLogMiddleware(
+        starlette_app(), offline_config(producer_async_buffering_limits_messages_in_memory=5)
+    )
+    for _ in range(12):
+        assert (await request(middleware, http_scope("/hello/x"))).status == 200
+    stats = middleware.stats()
+    assert stats["enqueued"] == 12
+    assert stats["dropped"] == stats["dropped_buffer_full"] == 7
+    assert stats["pending"] == 5
+    assert stats["enqueued"] == stats["delivered"] + stats["dropped"] + stats["pending"]
+    await middleware.aclose()
+    stats = middleware.stats()
+    assert stats["pending"] == 0 and stats["dropped_shutdown"] == 5
+
+
+async def test_failing_hook_never_reaches_the_request() -> None:
+    def broken(request: CapturedRequest) -> Any:
+        raise KeyError("boom")
+
+    middleware = KafkaLogMiddleware(starlette_app(), offline_config(route=broken, consumer=broken))
+    response = await request(middleware, http_scope("/hello/x"))
+    assert response.status == 200
+    await middleware.aclose()
+
+
+def test_config_or_fields() -> None:
+    app = starlette_app()
+    config = offline_config()
+    assert KafkaLogMiddleware(app, config).config is config
+    assert KafkaLogMiddleware(app, bootstrap_servers="h:1", topic="t").config.topic == "t"
+    with pytest.raises(TypeError):
+        KafkaLogMiddleware(app, config, topic="t")
+    with pytest.raises(ValueError, match="producer_request_acks"):
+        KafkaLogMiddleware(app, bootstrap_servers="h:1", topic="t", producer_request_acks=2)
+    with pytest.raises(ValueError, match="bootstrap_servers"):
+        KafkaLogMiddleware(app, bootstrap_servers="h", topic="t")
+
+
+async def test_update_config_applies_to_new_requests() -> None:
+    middleware = KafkaLogMiddleware(starlette_app(), offline_config())
+    await request(middleware, http_scope("/hello/a"))
+    middleware.update_config(topic="other", log_format="kong3")
+    await request(middleware, http_scope("/hello/b"))
+    first, second = buffered(middleware)
+    assert first.config.topic == "t" and second.config.topic == "other"
+    with pytest.raises(ValueError, match="topic"):
+        middleware.update_config(topic="bad topic")
+    assert middleware.config.topic == "other"
+    await middleware.aclose()
