@@ -72,6 +72,9 @@ class Producer:
             producer = AIOKafkaProducer(**self._options)
             try:
                 await producer.start()
+            except asyncio.CancelledError:  # closed while connecting
+                await _stop_quietly(producer, 1.0)
+                raise
             except Exception as exc:
                 await _stop_quietly(producer, delay)
                 _log.warn(
