@@ -353,7 +353,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="app port (default: a free one)")
     args = parser.parse_args(argv)
 
+    # Both stop the demo through the cleanup below (SIGINT too: a shell that started us in
+    # the background may have set it to "ignore").
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     workdir = Path(tempfile.mkdtemp(prefix="kafka-log-demo-"))
     broker: KafkaBroker | None = None
     app: AppProcess | None = None
@@ -393,11 +396,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if app is not None:
                 rc = app.stop()
                 if rc is not None:
-                    flushed = "Application shutdown complete" in app.log_tail(max_bytes=20000)
-                    say(
-                        f"== app stopped (SIGTERM, exit {rc}"
-                        + ("; lifespan shutdown complete)" if flushed else ")")
-                    )
+                    # uvicorn re-raises the SIGTERM after its graceful shutdown: rc is -15.
+                    if "Application shutdown complete" in app.log_tail(max_bytes=20000):
+                        say("== app stopped (SIGTERM: lifespan shutdown complete, log flushed)")
+                    else:
+                        say(f"== app stopped (exit {rc}, no clean lifespan shutdown)")
             if broker is not None:
                 broker.stop()
                 say("== broker stopped")

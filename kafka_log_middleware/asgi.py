@@ -12,6 +12,7 @@ first request, and ``await middleware.aclose()`` flushes.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any, Unpack
 
 from . import _log
@@ -54,6 +55,7 @@ class KafkaLogMiddleware:
         self._resolver = config_resolver
         self._buffer = LogBuffer(config.producer_async_buffering_limits_messages_in_memory)
         self._publisher: Publisher | None = None
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"KafkaLogMiddleware({self._config!r})"
@@ -96,6 +98,13 @@ class KafkaLogMiddleware:
         old = self._publisher
         if old is not None and old.loop is _running_loop():
             return
+        if self._pid != os.getpid():
+            # A forked worker starts afresh: its parent's entries are the parent's to send.
+            self._pid = os.getpid()
+            self._buffer = LogBuffer(
+                self._config.producer_async_buffering_limits_messages_in_memory
+            )
+            old = self._publisher = None
         if old is not None:
             _log.warn(
                 "loop",

@@ -18,9 +18,10 @@ from . import _log
 if TYPE_CHECKING:
     from .capture import CapturedRequest
 
-DROP_REASONS = ("buffer_full", "serialize_error", "kafka_error", "shutdown")
+DROP_REASONS = ("buffer_full", "serialize_error", "too_large", "kafka_error", "shutdown")
 """Why an entry can be dropped: the buffer bound was reached; building or encoding the
-entry failed; Kafka rejected it or every delivery attempt failed; shutdown came first."""
+entry failed; it exceeds ``producer_request_limits_bytes_per_request``; Kafka rejected
+it or every delivery attempt failed; shutdown came first."""
 
 
 class LogBuffer:

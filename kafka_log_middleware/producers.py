@@ -32,7 +32,7 @@ _partition_for_key = DefaultPartitioner()
 
 
 class MessageTooLarge(Exception):
-    """One message is larger than ``producer_request_limits_bytes_per_request``."""
+    """An entry is larger than ``producer_request_limits_bytes_per_request``: never sent."""
 
 
 class Producer:
@@ -43,6 +43,7 @@ class Producer:
         self.refs = 0
         self._options = config.aiokafka_options()
         self._backoff = max(config.producer_request_retries_backoff_timeout, 50) / 1000
+        self._max_size = config.producer_request_limits_bytes_per_request
         self._cache = cache
         self._producer: Any = None
         self._ready = asyncio.Event()
@@ -104,19 +105,26 @@ class Producer:
     async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
         """Hand ``messages`` to the producer in batches, one per partition.
 
-        Returns once every batch is queued; ``on_done`` reports each delivery. Raises
-        when the topic's metadata cannot be had (the caller retries or drops).
+        Returns once every batch is queued; ``on_done`` then reports each batch's
+        delivery, and every message is reported exactly once. Raises, before anything
+        was handed over, only when the topic's metadata cannot be had.
         """
         producer = self._producer
         partitions = sorted(await producer.partitions_for(topic))
-        available = producer.client.cluster.available_partitions_for_topic(topic)
+        available = list(producer.client.cluster.available_partitions_for_topic(topic) or ())
         groups: dict[int, list[Message]] = {}
+        too_large: list[Message] = []
         # Unkeyed entries stick to one partition per call, as Kafka's sticky partitioner does.
-        unkeyed = _partition_for_key(None, partitions, list(available or ()))
+        unkeyed = _partition_for_key(None, partitions, available)
         for message in messages:
-            key = message[0]
+            key, value = message
+            if len(value) + (0 if key is None else len(key)) > self._max_size:
+                too_large.append(message)
+                continue
             part = unkeyed if key is None else _partition_for_key(key, partitions, available)
             groups.setdefault(part, []).append(message)
+        if too_large:
+            on_done(too_large, MessageTooLarge())
         for partition, group in groups.items():
             await self._send_partition(topic, partition, group, on_done)
 
@@ -133,13 +141,14 @@ class Producer:
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     break
                 end += 1
-            if end == start:
-                on_done([group[start]], MessageTooLarge())
-                start += 1
-                continue
+            end = max(end, start + 1)  # a batch always takes its first message
             batch.close()
             sent = group[start:end]
-            future = await producer.send_batch(batch, topic, partition=partition)
+            try:
+                future = await producer.send_batch(batch, topic, partition=partition)
+            except Exception as exc:  # no room in time, or the producer closed
+                on_done(group[start:], exc)
+                return
             future.add_done_callback(_reporter(sent, on_done))
             start = end
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from . import _log
 from .buffer import LogBuffer
 from .capture import CapturedRequest
 from .config import KafkaLogConfig
-from .producers import Message, Producer, ProducerCache
+from .producers import Message, MessageTooLarge, Producer, ProducerCache
 from .serializer import build_entry, message_key
 
 Resolver = Callable[[CapturedRequest], KafkaLogConfig | None]
@@ -231,6 +231,16 @@ class Publisher:
             if error is None:
                 self.buffer.deliver(len(messages))
                 return
+            if isinstance(error, MessageSizeTooLargeError) and len(messages) > 1:
+                # The broker refuses the whole batch; split it, as Kafka's Java client does,
+                # so one oversized entry does not take its neighbours down with it.
+                half = len(messages) // 2
+                now = time.monotonic()
+                for part in (messages[half:], messages[:half]):
+                    self._retries.appendleft(_Retry(use, topic, part, attempt, now))
+                use.in_flight += len(messages)
+                self.buffer.wake()
+                return
             config = self._config()
             if (
                 _retriable(error)
@@ -242,7 +252,8 @@ class Publisher:
                 use.in_flight += len(messages)  # still this producer's to deliver
                 self.buffer.wake()
                 return
-            self.buffer.drop("kafka_error", len(messages))
+            reason = "too_large" if isinstance(error, MessageTooLarge) else "kafka_error"
+            self.buffer.drop(reason, len(messages))
             _log.warn(
                 "deliver",
                 "kafka_log_middleware: Kafka delivery failed after %d attempt(s): %s",

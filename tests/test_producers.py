@@ -4,6 +4,7 @@ and a producer no config uses any more is flushed and closed (no leaked task or 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 from collections.abc import Callable
 from typing import Any
 
@@ -134,3 +135,42 @@ async def test_release_of_an_unreachable_producer_is_bounded() -> None:
     cache.release(producer, 0.3)
     await asyncio.wait_for(cache.wait_closed(), 5)
     assert producer.closed and cache.producers() == []
+
+
+def _serve_in_forked_child(middleware: KafkaLogMiddleware, results: Any) -> None:
+    async def child() -> dict[str, int]:
+        async with lifespan(middleware):
+            for _ in range(3):
+                await request(middleware, http_scope("/"))
+        return middleware.stats()
+
+    results.put(asyncio.run(child()))
+
+
+@pytest.mark.kafka
+def test_forked_worker_gets_its_own_producer_and_buffer(kafka_bootstrap: str) -> None:
+    topic = unique_topic("fork")
+    config = KafkaLogConfig(
+        bootstrap_servers=(kafka_bootstrap,), topic=topic, producer_async_flush_timeout=60000
+    )
+    middleware = KafkaLogMiddleware(app(), config)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+
+    async def parent() -> None:
+        async with lifespan(middleware):
+            await request(middleware, http_scope("/"))
+            assert middleware.stats()["buffered"] == 1
+            # Fork while the parent holds a buffered entry and a live producer.
+            child = context.Process(target=_serve_in_forked_child, args=(middleware, results))
+            child.start()
+            child_stats = await asyncio.to_thread(results.get, True, 60)
+            await asyncio.to_thread(child.join, 60)
+            assert child.exitcode == 0
+            assert child_stats["enqueued"] == child_stats["delivered"] == 3
+            assert child_stats["pending"] == 0
+
+    asyncio.run(parent())
+    assert middleware.stats()["delivered"] == 1
+    records = asyncio.run(consume(kafka_bootstrap, topic, 5, timeout=5))
+    assert len(records) == 4  # the parent's entry once, the child's three: no duplicate
