@@ -104,7 +104,7 @@ class KafkaLogConfig:
     producer_request_acks: int = 1
     """Acknowledgements required: -1 (all in-sync replicas), 0 (none) or 1 (leader)."""
     producer_request_timeout: int = 2000
-    """How long a produce request may wait for acknowledgement before it is retried."""
+    """How long the broker waits for replicas' acknowledgements (the produce request timeout)."""
     producer_request_limits_messages_per_request: int = 200
     """Most entries sent to Kafka in one batch."""
     producer_request_limits_bytes_per_request: int = 1048576
@@ -245,6 +245,7 @@ class KafkaLogConfig:
             self.timeout,
             self.keepalive,
             self.producer_request_acks,
+            self.producer_request_timeout,
             self.producer_request_limits_bytes_per_request,
             self.producer_request_retries_backoff_timeout,
             self.client_id,

@@ -44,6 +44,7 @@ class Producer:
         self._options = config.aiokafka_options()
         self._backoff = max(config.producer_request_retries_backoff_timeout, 50) / 1000
         self._max_size = config.producer_request_limits_bytes_per_request
+        self._ack_timeout = config.producer_request_timeout
         self._cache = cache
         self._producer: Any = None
         self._ready = asyncio.Event()
@@ -71,6 +72,10 @@ class Producer:
         delay = self._backoff
         while not self.closed:
             producer = AIOKafkaProducer(**self._options)
+            # Kong's producer_request_timeout is the produce request's own timeout (how long
+            # the broker waits for acks). aiokafka sends its sender's request_timeout_ms
+            # there and nowhere else; the client's wait stays `timeout`.
+            producer._sender._request_timeout_ms = self._ack_timeout
             try:
                 await producer.start()
             except asyncio.CancelledError:  # closed while connecting

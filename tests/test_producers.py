@@ -68,6 +68,7 @@ async def test_equal_configs_share_a_producer_and_a_changed_config_replaces_it(
         assert shared.refs == 2 and cache.producers() == [shared]
         assert await shared.wait_ready(30)
         old_aio = shared._producer
+        assert old_aio._sender._request_timeout_ms == config.producer_request_timeout
         for middleware in (first, second):
             assert (await request(middleware, http_scope("/"))).status == 200
         await eventually(lambda: first.stats()["delivered"] == second.stats()["delivered"] == 1)
