@@ -24,6 +24,9 @@ from .publisher import Publisher, Resolver
 from .types import ASGIApp, Message, Receive, Scope, Send
 
 _running_loop = asyncio.get_running_loop
+_LIFESPAN_ENDS = frozenset(
+    {"lifespan.startup.failed", "lifespan.shutdown.complete", "lifespan.shutdown.failed"}
+)
 
 
 class KafkaLogMiddleware:
@@ -137,7 +140,7 @@ class KafkaLogMiddleware:
             return message
 
         async def lifespan_send(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            if message["type"] in _LIFESPAN_ENDS:
                 await self.aclose()
             await send(message)
 

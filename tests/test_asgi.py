@@ -315,3 +315,13 @@ async def test_update_config_applies_to_new_requests() -> None:
         middleware.update_config(topic="bad topic")
     assert middleware.config.topic == "other"
     await middleware.aclose()
+
+
+async def test_reported_startup_failure_closes_the_publisher() -> None:
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+
+    middleware = KafkaLogMiddleware(failing, offline_config())
+    await failing_lifespan(middleware)
+    assert middleware.producers() == []
