@@ -4,8 +4,6 @@ and what was buffered is delivered once the broker appears (or comes back)."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import httpx
 import orjson
@@ -17,6 +15,7 @@ from starlette.routing import Route
 
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
 from tests.kafka_helpers import BrokerFactory, consume, unique_topic
+from tests.polling import wait_until
 from tests.servers import serve
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
@@ -24,13 +23,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
 async def hello(request: Request) -> PlainTextResponse:
     return PlainTextResponse("hello")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def balanced(stats: dict[str, int]) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
 from kafka_log_middleware.producers import ProducerCache, cache_for_running_loop
 from tests.asgi_driver import http_scope, lifespan, request
 from tests.kafka_helpers import consume, unique_topic
+from tests.polling import eventually
 from tests.servers import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,14 +29,6 @@ async def ok(request: Request) -> PlainTextResponse:
 
 def app() -> Starlette:
     return Starlette(routes=[Route("/", ok)])
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Wait until ``condition()`` holds (polling), failing after ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def aiokafka_closed(aio: Any) -> bool:

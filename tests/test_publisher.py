@@ -4,7 +4,6 @@ message keys and request edits end to end, and every failure counted with its re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -22,6 +21,7 @@ from kafka_log_middleware import (
 )
 from tests.asgi_driver import http_scope, lifespan, request
 from tests.kafka_helpers import consume, unique_topic
+from tests.polling import eventually
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -35,13 +35,6 @@ def app() -> Starlette:
     return Starlette(
         routes=[Route("/orders", ok, name="orders"), Route("/users", ok, name="users")]
     )
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def config(bootstrap: str, **changes: Any) -> KafkaLogConfig:
