@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .capture import CapturedRequest
 
 LogFormat = Literal["kong2", "kong3"]
+Backend = Literal["aiokafka", "confluent"]
 Hook = Callable[["CapturedRequest"], Any]
 """A user function of the captured request; runs in the background, never in the request."""
 
@@ -87,6 +88,8 @@ class KafkaLogFields(TypedDict, total=False):
     workspace_name: str
     shutdown_timeout: int
     client_id: str
+    producer_backend: Backend
+    native_serializer: bool
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False, kw_only=True)
@@ -148,6 +151,10 @@ class KafkaLogConfig:
     """At shutdown, how long to wait for pending entries to be delivered."""
     client_id: str = "kafka-log-middleware"
     """Kafka client id of the producer."""
+    producer_backend: Backend = "aiokafka"
+    """Kafka client: ``"aiokafka"`` (pure Python) or ``"confluent"`` (librdkafka, an extra)."""
+    native_serializer: bool = True
+    """Encode entries with the compiled serializer when it is installed (same output)."""
 
     def __post_init__(self) -> None:
         _set = object.__setattr__
@@ -184,6 +191,12 @@ class KafkaLogConfig:
             )
         if not isinstance(self.producer_async, bool):
             raise ValueError(f"producer_async must be a bool, not {self.producer_async!r}")
+        if self.producer_backend not in ("aiokafka", "confluent"):
+            raise ValueError(
+                f"producer_backend must be 'aiokafka' or 'confluent', not {self.producer_backend!r}"
+            )
+        if not isinstance(self.native_serializer, bool):
+            raise ValueError(f"native_serializer must be a bool, not {self.native_serializer!r}")
         if self.log_format not in _FORMATS:
             raise ValueError(f"log_format must be 'kong2' or 'kong3', not {self.log_format!r}")
         for name in ("route", "consumer", "authenticated_entity", "key"):
@@ -249,6 +262,7 @@ class KafkaLogConfig:
             self.producer_request_limits_bytes_per_request,
             self.producer_request_retries_backoff_timeout,
             self.client_id,
+            self.producer_backend,
         )
 
     def aiokafka_options(self) -> dict[str, Any]:
@@ -320,7 +334,7 @@ def _parse_env(name: str, raw: str) -> Any:
             return int(raw.strip())
         except ValueError:
             raise ValueError(f"expected an integer, got {raw!r}") from None
-    if name == "producer_async":
+    if name in ("producer_async", "native_serializer"):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
