@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from . import _log
@@ -25,7 +24,7 @@ from .buffer import LogBuffer
 from .capture import CapturedRequest
 from .config import KafkaLogConfig
 from .producers import Message, MessageTooLarge, Producer, ProducerCache
-from .serializer import build_entry, message_key
+from .serializer import encode_entry, message_key
 
 Resolver = Callable[[CapturedRequest], KafkaLogConfig | None]
 """Per-request config choice (e.g. a topic per route); None keeps the request's config."""
@@ -194,7 +193,7 @@ class Publisher:
                 chosen = self._resolver(request)
                 if chosen is not None:
                     request.config = chosen
-            value = orjson.dumps(build_entry(request))
+            value = encode_entry(request)
             return request.config, (message_key(request), value)
         except Exception as exc:
             self.buffer.drop("serialize_error", 1)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from . import _log, nginx_vars
 from .custom_fields import apply_edit, apply_edits, request_edits
 
@@ -18,6 +20,11 @@ if TYPE_CHECKING:
     from .config import Hook
 
 REDACTED = "REDACTED"
+
+
+def encode_entry(request: CapturedRequest) -> bytes:
+    """The entry as the JSON bytes of one Kafka message."""
+    return orjson.dumps(build_entry(request))
 
 
 def build_entry(request: CapturedRequest) -> dict[str, Any]:
