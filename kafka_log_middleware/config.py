@@ -9,6 +9,7 @@ inside a request.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -194,6 +195,14 @@ class KafkaLogConfig:
         if self.producer_backend not in ("aiokafka", "confluent"):
             raise ValueError(
                 f"producer_backend must be 'aiokafka' or 'confluent', not {self.producer_backend!r}"
+            )
+        if (
+            self.producer_backend == "confluent"
+            and importlib.util.find_spec("confluent_kafka") is None
+        ):
+            raise ValueError(
+                "producer_backend='confluent' needs confluent-kafka: "
+                "pip install 'kafka-log-middleware[confluent]'"
             )
         if not isinstance(self.native_serializer, bool):
             raise ValueError(f"native_serializer must be a bool, not {self.native_serializer!r}")

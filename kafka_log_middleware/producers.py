@@ -36,25 +36,26 @@ class MessageTooLarge(Exception):
 
 
 class Producer:
-    """One aiokafka producer: connects in the background, sends batches, closes once."""
+    """A Kafka producer shared by the configs with its settings.
 
-    def __init__(self, config: KafkaLogConfig, cache: ProducerCache) -> None:
+    Connects in the background (retrying with backoff), sends batches of encoded
+    messages, reports each delivery through a callback, and closes once. Backends
+    implement ``_open``, ``send`` and ``_shutdown``.
+    """
+
+    def __init__(self, config: KafkaLogConfig) -> None:
         self.key = config.producer_key()
         self.refs = 0
-        self._options = config.aiokafka_options()
+        self.closed = False
+        self._servers = ",".join(config.bootstrap_servers)
         self._backoff = max(config.producer_request_retries_backoff_timeout, 50) / 1000
         self._max_size = config.producer_request_limits_bytes_per_request
-        self._ack_timeout = config.producer_request_timeout
-        self._cache = cache
-        self._producer: Any = None
         self._ready = asyncio.Event()
         self._connector: asyncio.Task[None] | None = None
-        self.closed = False
 
     def __repr__(self) -> str:
-        servers = ",".join(self._options["bootstrap_servers"])
         state = "closed" if self.closed else "ready" if self.ready else "connecting"
-        return f"<Producer {servers} {state} refs={self.refs}>"
+        return f"<{type(self).__name__} {self._servers} {state} refs={self.refs}>"
 
     @property
     def ready(self) -> bool:
@@ -71,31 +72,27 @@ class Producer:
     async def _connect(self) -> None:
         delay = self._backoff
         while not self.closed:
-            producer = AIOKafkaProducer(**self._options)
-            # Kong's producer_request_timeout is the produce request's own timeout (how long
-            # the broker waits for acks). aiokafka sends its sender's request_timeout_ms
-            # there and nowhere else; the client's wait stays `timeout`.
-            producer._sender._request_timeout_ms = self._ack_timeout
             try:
-                await producer.start()
-            except asyncio.CancelledError:  # closed while connecting
-                await _stop_quietly(producer, 1.0)
+                await self._open()
+            except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                await _stop_quietly(producer, delay)
                 _log.warn(
                     "connect",
                     "kafka_log_middleware: cannot reach Kafka at %s (%s); "
                     "retrying, entries stay buffered",
-                    ",".join(self._options["bootstrap_servers"]),
+                    self._servers,
                     type(exc).__name__,
                 )
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, _RECONNECT_MAX)
                 continue
-            self._producer = producer
             self._ready.set()
             return
+
+    async def _open(self) -> None:
+        """Connect once; raise when the cluster cannot be reached."""
+        raise NotImplementedError
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the connection; True when ready."""
@@ -108,28 +105,73 @@ class Producer:
         return True
 
     async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
-        """Hand ``messages`` to the producer in batches, one per partition.
+        """Hand ``messages`` over for delivery to ``topic``.
 
-        Returns once every batch is queued; ``on_done`` then reports each batch's
-        delivery, and every message is reported exactly once. Raises, before anything
-        was handed over, only when the topic's metadata cannot be had.
+        Returns once all are handed over; ``on_done`` then reports every message exactly
+        once (in batches). Raises, before anything was handed over, only when the topic
+        cannot be had.
         """
+        raise NotImplementedError
+
+    def _fitting(self, messages: Sequence[Message], on_done: OnDone) -> list[Message]:
+        """The messages within the size limit; the others are reported as too large."""
+        limit = self._max_size
+        fitting: list[Message] = []
+        too_large: list[Message] = []
+        for message in messages:
+            key, value = message
+            size = len(value) + (0 if key is None else len(key))
+            (fitting if size <= limit else too_large).append(message)
+        if too_large:
+            on_done(too_large, MessageTooLarge())
+        return fitting
+
+    async def close(self, timeout: float) -> None:
+        """Flush what was handed over, then close, all within ``timeout`` seconds."""
+        self.closed = True
+        if self._connector is not None and not self._connector.done():
+            self._connector.cancel()
+            await asyncio.gather(self._connector, return_exceptions=True)
+        await self._shutdown(timeout)
+
+    async def _shutdown(self, timeout: float) -> None:
+        raise NotImplementedError
+
+
+class AiokafkaProducer(Producer):
+    """The default backend: an ``aiokafka.AIOKafkaProducer`` fed with its batch API."""
+
+    def __init__(self, config: KafkaLogConfig) -> None:
+        super().__init__(config)
+        self._options = config.aiokafka_options()
+        self._ack_timeout = config.producer_request_timeout
+        self._producer: Any = None
+
+    async def _open(self) -> None:
+        producer = AIOKafkaProducer(**self._options)
+        # Kong's producer_request_timeout is the produce request's own timeout (how long
+        # the broker waits for acks). aiokafka sends its sender's request_timeout_ms
+        # there and nowhere else; the client's wait stays `timeout`.
+        producer._sender._request_timeout_ms = self._ack_timeout
+        try:
+            await producer.start()
+        except BaseException:
+            await _stop_quietly(producer, self._backoff)
+            raise
+        self._producer = producer
+
+    async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
+        """Hand ``messages`` to aiokafka in batches, one per partition (see ``Producer.send``)."""
         producer = self._producer
         partitions = sorted(await producer.partitions_for(topic))
         available = list(producer.client.cluster.available_partitions_for_topic(topic) or ())
         groups: dict[int, list[Message]] = {}
-        too_large: list[Message] = []
         # Unkeyed entries stick to one partition per call, as Kafka's sticky partitioner does.
         unkeyed = _partition_for_key(None, partitions, available)
-        for message in messages:
-            key, value = message
-            if len(value) + (0 if key is None else len(key)) > self._max_size:
-                too_large.append(message)
-                continue
+        for message in self._fitting(messages, on_done):
+            key = message[0]
             part = unkeyed if key is None else _partition_for_key(key, partitions, available)
             groups.setdefault(part, []).append(message)
-        if too_large:
-            on_done(too_large, MessageTooLarge())
         for partition, group in groups.items():
             await self._send_partition(topic, partition, group, on_done)
 
@@ -157,12 +199,7 @@ class Producer:
             future.add_done_callback(_reporter(sent, on_done))
             start = end
 
-    async def close(self, timeout: float) -> None:
-        """Flush what was handed over, then close, all within ``timeout`` seconds."""
-        self.closed = True
-        if self._connector is not None and not self._connector.done():
-            self._connector.cancel()
-            await asyncio.gather(self._connector, return_exceptions=True)
+    async def _shutdown(self, timeout: float) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
             await _stop_quietly(producer, timeout)
@@ -188,6 +225,14 @@ async def _stop_quietly(producer: Any, timeout: float) -> None:
         )
 
 
+def _make(config: KafkaLogConfig) -> Producer:
+    if config.producer_backend == "confluent":
+        from .confluent import ConfluentProducer
+
+        return ConfluentProducer(config)
+    return AiokafkaProducer(config)
+
+
 class ProducerCache:
     """The producers of one event loop, keyed by their settings and reference-counted."""
 
@@ -207,7 +252,7 @@ class ProducerCache:
         key = config.producer_key()
         producer = self._producers.get(key)
         if producer is None:
-            producer = self._producers[key] = Producer(config, self)
+            producer = self._producers[key] = _make(config)
             producer.connect()
         producer.refs += 1
         return producer

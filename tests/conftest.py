@@ -58,3 +58,9 @@ def kafka_broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture(params=["aiokafka", "confluent"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each Kafka client backend in turn (``producer_backend``)."""
+    return str(request.param)

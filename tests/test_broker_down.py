@@ -44,13 +44,14 @@ def request_numbers(records: list[object]) -> list[int]:
 
 
 def test_requests_succeed_without_a_broker_and_buffered_entries_arrive_later(
-    kafka_broker_factory: BrokerFactory,
+    kafka_broker_factory: BrokerFactory, backend: str
 ) -> None:
     broker = kafka_broker_factory()  # its port is chosen, nothing listens there yet
     topic = unique_topic("late-broker")
     config = KafkaLogConfig(
         bootstrap_servers=(broker.bootstrap_servers,),
         topic=topic,
+        producer_backend=backend,  # type: ignore[arg-type]
         producer_async_flush_timeout=20,
         producer_async_buffering_limits_messages_in_memory=50,
     )
@@ -74,13 +75,16 @@ def test_requests_succeed_without_a_broker_and_buffered_entries_arrive_later(
     assert sorted(request_numbers(records)) == list(range(50))  # the first 50, each once
 
 
-def test_broker_restart_is_recovered_without_reload(kafka_broker_factory: BrokerFactory) -> None:
+def test_broker_restart_is_recovered_without_reload(
+    kafka_broker_factory: BrokerFactory, backend: str
+) -> None:
     broker = kafka_broker_factory()
     broker.start()
     topic = unique_topic("restart")
     config = KafkaLogConfig(
         bootstrap_servers=(broker.bootstrap_servers,),
         topic=topic,
+        producer_backend=backend,  # type: ignore[arg-type]
         producer_async_flush_timeout=20,
         timeout=2000,
         producer_request_retries_backoff_timeout=200,

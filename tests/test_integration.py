@@ -138,7 +138,7 @@ def check_and_strip_variable_fields(
 
 @pytest.mark.parametrize("log_format", ["kong2", "kong3"])
 def test_concurrent_requests_each_yield_exactly_one_matching_entry(
-    kafka_bootstrap: str, log_format: str
+    kafka_bootstrap: str, log_format: str, backend: str
 ) -> None:
     topic = unique_topic(f"integration-{log_format}")
     config = KafkaLogConfig(
@@ -147,6 +147,7 @@ def test_concurrent_requests_each_yield_exactly_one_matching_entry(
         log_format=log_format,  # type: ignore[arg-type]
         service={"name": "items"},
         producer_async_flush_timeout=50,
+        producer_backend=backend,  # type: ignore[arg-type]
     )
     middleware = KafkaLogMiddleware(items_app(), config)
     exchanges: dict[int, tuple[httpx.Request, httpx.Response]] = {}

@@ -14,7 +14,11 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
-from kafka_log_middleware.producers import ProducerCache, cache_for_running_loop
+from kafka_log_middleware.producers import (
+    AiokafkaProducer,
+    ProducerCache,
+    cache_for_running_loop,
+)
 from tests.asgi_driver import http_scope, lifespan, request
 from tests.kafka_helpers import consume, unique_topic
 from tests.polling import eventually
@@ -59,6 +63,7 @@ async def test_equal_configs_share_a_producer_and_a_changed_config_replaces_it(
         assert second.producers() == [shared]
         assert shared.refs == 2 and cache.producers() == [shared]
         assert await shared.wait_ready(30)
+        assert isinstance(shared, AiokafkaProducer)
         old_aio = shared._producer
         assert old_aio._sender._request_timeout_ms == config.producer_request_timeout
         for middleware in (first, second):
@@ -81,6 +86,7 @@ async def test_equal_configs_share_a_producer_and_a_changed_config_replaces_it(
         await eventually(lambda: shared.closed and aiokafka_closed(old_aio))
         assert cache.producers() == [replacement] and replacement.refs == 2
         await eventually(lambda: second.stats()["delivered"] == 2)
+        assert isinstance(replacement, AiokafkaProducer)
         new_aio = replacement._producer
 
     assert cache.producers() == []
@@ -167,3 +173,27 @@ def test_forked_worker_gets_its_own_producer_and_buffer(kafka_bootstrap: str) ->
     assert middleware.stats()["delivered"] == 1
     records = asyncio.run(consume(kafka_bootstrap, topic, 5, timeout=5))
     assert len(records) == 4  # the parent's entry once, the child's three: no duplicate
+
+
+@pytest.mark.kafka
+async def test_confluent_producer_closes_without_leftovers(kafka_bootstrap: str) -> None:
+    from kafka_log_middleware.confluent import ConfluentProducer
+
+    config = KafkaLogConfig(
+        bootstrap_servers=(kafka_bootstrap,),
+        topic=unique_topic("confluent"),
+        producer_backend="confluent",
+        producer_async_flush_timeout=20,
+    )
+    tasks_before = asyncio.all_tasks()
+    middleware = KafkaLogMiddleware(app(), config)
+    async with lifespan(middleware):
+        [producer] = middleware.producers()
+        assert isinstance(producer, ConfluentProducer)
+        assert await producer.wait_ready(30)
+        await request(middleware, http_scope("/"))
+        await eventually(lambda: middleware.stats()["delivered"] == 1)
+        poller = producer._poller
+        assert poller is not None and not poller.done()
+    assert producer.closed and poller.done() and producer._producer is None
+    assert asyncio.all_tasks() == tasks_before
