@@ -96,7 +96,8 @@ class ConfluentProducer(Producer):
         fitting = self._fitting(messages, on_done)
         if not fitting:
             return
-        report = _BatchReport(fitting, on_done, self)
+        report = _BatchReport(len(fitting), on_done, self)
+        delivered = report.delivered
         produce = self._producer.produce
         self._in_flight += len(fitting)
         self._wake.set()
@@ -104,10 +105,9 @@ class ConfluentProducer(Producer):
             if index and index % _PRODUCE_SLICE == 0:
                 await asyncio.sleep(0)
             try:
-                produce(topic, value, key, on_delivery=report.delivered(index))
+                produce(topic, value, key, on_delivery=delivered)
             except (BufferError, confluent_kafka.KafkaException) as exc:
-                for rest in range(index, len(fitting)):
-                    report.failed(rest, exc)
+                report.failed(fitting[index:], exc)
                 return
 
     async def _shutdown(self, timeout: float) -> None:
@@ -129,46 +129,54 @@ class ConfluentProducer(Producer):
 
 
 class _BatchReport:
-    """Gathers librdkafka's per-message delivery reports into per-batch ``on_done`` calls."""
+    """Gathers librdkafka's per-message delivery reports into per-batch ``on_done`` calls.
 
-    __slots__ = ("_errors", "_messages", "_on_done", "_owner", "_waiting")
+    One bound method serves as every message's callback: no closure per message.
+    """
 
-    def __init__(self, messages: list[Message], on_done: OnDone, owner: ConfluentProducer):
-        self._messages = messages
+    __slots__ = ("_delivered", "_failed", "_on_done", "_owner", "_waiting")
+
+    def __init__(self, count: int, on_done: OnDone, owner: ConfluentProducer) -> None:
         self._on_done = on_done
         self._owner = owner
-        self._waiting = len(messages)
-        self._errors: dict[int, BaseException] = {}
+        self._waiting = count
+        self._delivered = 0
+        self._failed: list[tuple[Message, BaseException]] = []
 
-    def delivered(self, index: int) -> Any:
-        def callback(error: Any, _message: Any) -> None:
-            if error is not None:
-                self._errors[index] = confluent_kafka.KafkaException(error)
-            self._settle()
+    def delivered(self, error: Any, message: Any) -> None:
+        """librdkafka's delivery report for one message."""
+        if error is None:
+            self._delivered += 1
+        else:
+            failed = (message.key(), message.value())
+            self._failed.append((failed, confluent_kafka.KafkaException(error)))
+        self._settle(1)
 
-        return callback
+    def failed(self, messages: list[Message], error: BaseException) -> None:
+        """Messages librdkafka would not take."""
+        self._failed.extend((message, error) for message in messages)
+        self._settle(len(messages))
 
-    def failed(self, index: int, error: BaseException) -> None:
-        self._errors[index] = error
-        self._settle()
-
-    def _settle(self) -> None:
-        self._waiting -= 1
-        self._owner._in_flight -= 1
+    def _settle(self, count: int) -> None:
+        self._waiting -= count
+        self._owner._in_flight -= count
         if self._waiting:
             return
-        errors = self._errors
-        if not errors:
-            self._on_done(self._messages, None)
-            return
-        ok = [m for i, m in enumerate(self._messages) if i not in errors]
-        if ok:
-            self._on_done(ok, None)
-        by_error: dict[int, tuple[BaseException, list[Message]]] = {}
-        for i, error in errors.items():
-            by_error.setdefault(id(error), (error, []))[1].append(self._messages[i])
-        for error, failed in by_error.values():
-            self._on_done(failed, _retriable_error(error))
+        if self._delivered:
+            self._on_done(self._delivered, [], None)
+        by_code: dict[Any, tuple[BaseException, list[Message]]] = {}
+        for message, error in self._failed:
+            code = _code(error)
+            by_code.setdefault(code, (error, []))[1].append(message)
+        for error, messages in by_code.values():
+            self._on_done(0, messages, _retriable_error(error))
+
+
+def _code(error: BaseException) -> Any:
+    kafka_error = error.args[0] if error.args else None
+    if isinstance(kafka_error, confluent_kafka.KafkaError):
+        return kafka_error.code()
+    return type(error)
 
 
 def _retriable_error(error: BaseException) -> BaseException:

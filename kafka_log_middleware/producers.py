@@ -24,8 +24,8 @@ from .config import KafkaLogConfig
 
 Message = tuple[bytes | None, bytes]
 """An encoded Kafka message: (key, value)."""
-OnDone = Callable[[list[Message], BaseException | None], None]
-"""Called once per batch with its messages and the delivery error (None when acknowledged)."""
+OnDone = Callable[[int, list[Message], BaseException | None], None]
+"""Delivery report: ``(acknowledged count, failed messages, their error)``."""
 
 _RECONNECT_MAX = 5.0
 _partition_for_key = DefaultPartitioner()
@@ -123,7 +123,7 @@ class Producer:
             size = len(value) + (0 if key is None else len(key))
             (fitting if size <= limit else too_large).append(message)
         if too_large:
-            on_done(too_large, MessageTooLarge())
+            on_done(0, too_large, MessageTooLarge())
         return fitting
 
     async def close(self, timeout: float) -> None:
@@ -194,7 +194,7 @@ class AiokafkaProducer(Producer):
             try:
                 future = await producer.send_batch(batch, topic, partition=partition)
             except Exception as exc:  # no room in time, or the producer closed
-                on_done(group[start:], exc)
+                on_done(0, group[start:], exc)
                 return
             future.add_done_callback(_reporter(sent, on_done))
             start = end
@@ -207,10 +207,11 @@ class AiokafkaProducer(Producer):
 
 def _reporter(sent: list[Message], on_done: OnDone) -> Callable[[asyncio.Future[Any]], None]:
     def report(future: asyncio.Future[Any]) -> None:
-        if future.cancelled():
-            on_done(sent, asyncio.CancelledError())
+        error = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if error is None:
+            on_done(len(sent), [], None)
         else:
-            on_done(sent, future.exception())
+            on_done(0, sent, error)
 
     return report
 

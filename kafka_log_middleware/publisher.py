@@ -23,7 +23,7 @@ from . import _log
 from .buffer import LogBuffer
 from .capture import CapturedRequest
 from .config import KafkaLogConfig
-from .producers import Message, MessageTooLarge, Producer, ProducerCache
+from .producers import Message, MessageTooLarge, OnDone, Producer, ProducerCache
 from .serializer import encode_entry, message_key
 
 Resolver = Callable[[CapturedRequest], KafkaLogConfig | None]
@@ -170,7 +170,8 @@ class Publisher:
     async def _publish(self, count: int) -> None:
         """Take up to ``count`` entries, build and encode them in slices, hand them over."""
         entries = self.buffer.take(count)
-        groups: dict[tuple[int, str], tuple[_Use, list[Message]]] = {}
+        # Entries mostly share one config object: group by it, resolve producers once.
+        by_config: dict[int, tuple[KafkaLogConfig, list[Message]]] = {}
         for index, request in enumerate(entries):
             if index and index % SLICE == 0:
                 await asyncio.sleep(0)
@@ -178,13 +179,17 @@ class Publisher:
             if encoded is None:
                 continue
             config, message = encoded
-            use = self._use(config)
-            group = groups.get((id(use), config.topic))
+            group = by_config.get(id(config))
             if group is None:
-                group = groups[(id(use), config.topic)] = (use, [])
+                group = by_config[id(config)] = (config, [])
             group[1].append(message)
         del entries
-        for (_, topic), (use, messages) in groups.items():
+        sends: dict[tuple[int, str], tuple[_Use, list[Message]]] = {}
+        for config, messages in by_config.values():
+            use = self._use(config)
+            send = sends.setdefault((id(use), config.topic), (use, []))
+            send[1].extend(messages)
+        for (_, topic), (use, messages) in sends.items():
             await self._hand_over(use, topic, messages, 1)
 
     def _encode(self, request: CapturedRequest) -> tuple[KafkaLogConfig, Message] | None:
@@ -218,17 +223,16 @@ class Publisher:
         try:
             await producer.send(topic, messages, on_done)
         except Exception as exc:  # no metadata for the topic, or the producer closed
-            on_done(messages, exc)
+            on_done(0, messages, exc)
 
-    def _on_done_for(
-        self, use: _Use, topic: str, attempt: int
-    ) -> Callable[[list[Message], BaseException | None], None]:
-        def on_done(messages: list[Message], error: BaseException | None) -> None:
-            use.in_flight -= len(messages)
+    def _on_done_for(self, use: _Use, topic: str, attempt: int) -> OnDone:
+        def on_done(acked: int, messages: list[Message], error: BaseException | None) -> None:
+            use.in_flight -= acked + len(messages)
             if self._accounting_closed:
                 return
-            if error is None:
-                self.buffer.deliver(len(messages))
+            if acked:
+                self.buffer.deliver(acked)
+            if not messages:
                 return
             if isinstance(error, MessageSizeTooLargeError) and len(messages) > 1:
                 # The broker refuses the whole batch; split it, as Kafka's Java client does,
@@ -308,7 +312,7 @@ class Publisher:
             self._cache.release(use.producer, config.shutdown_timeout / 1000)
 
 
-def _retriable(error: BaseException) -> bool:
+def _retriable(error: BaseException | None) -> bool:
     return bool(getattr(error, "retriable", False)) or isinstance(error, KafkaTimeoutError)
 
 
