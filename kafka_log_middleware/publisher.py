@@ -1,11 +1,14 @@
 """The background publisher: drains the buffer, builds and encodes Kong entries, sends them.
 
-One task per middleware instance and event loop. It wakes when a batch is full
-(``producer_request_limits_messages_per_request``) or when the oldest entry has waited
-``producer_async_flush_timeout``, and works in small slices, yielding to the event loop
-between them so requests are never held up. Each entry ends delivered or dropped
-with a reason (see ``buffer.py``); failed batches are retried with backoff up to
-``producer_request_retries_max_attempts`` times.
+One task per middleware instance and event loop. Captured requests are encoded soon
+after they arrive (every ``ENCODE_AT`` entries or ``ENCODE_DELAY``), in small slices
+that yield to the event loop, into an outbox of bytes per producer and topic. So the
+buffer of captured requests stays small even while Kafka is down: what waits is compact
+bytes that the garbage collector need not scan. An outbox is handed to its producer,
+once connected, when it holds a batch (``producer_request_limits_messages_per_request``)
+or its oldest entry has waited ``producer_async_flush_timeout`` (Kong's flush timer).
+Each entry ends delivered or dropped with a reason (see ``buffer.py``); failed batches
+are retried with backoff up to ``producer_request_retries_max_attempts`` times.
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ Resolver = Callable[[CapturedRequest], KafkaLogConfig | None]
 
 SLICE = 16
 """Entries built and encoded between two yields to the event loop (~0.2 ms of work)."""
+ENCODE_AT = 32
+"""Buffered entries that wake the publisher to encode them."""
+ENCODE_DELAY = 0.01
+"""Longest a captured request waits in the buffer before it is encoded, in seconds."""
 _READY_POLL = 0.25
+"""How often an outbox waiting for its producer's connection looks again, in seconds."""
 
 
 @dataclass(eq=False)
@@ -42,6 +50,16 @@ class _Use:
     grace: float
     in_flight: int = 0
     last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class _Outbox:
+    """Encoded entries for one producer and topic, waiting for a batch or the flush timer."""
+
+    use: _Use
+    topic: str
+    messages: list[Message] = field(default_factory=list)
+    since: float = 0.0
 
 
 @dataclass(eq=False)
@@ -69,6 +87,7 @@ class Publisher:
         self._cache = cache
         self._resolver = resolver
         self._uses: dict[tuple[Any, ...], _Use] = {}
+        self._outboxes: dict[tuple[int, str], _Outbox] = {}
         self._retries: deque[_Retry] = deque()
         self._stopping = False
         self._accounting_closed = False
@@ -122,6 +141,7 @@ class Publisher:
     def _give_up_pending(self) -> None:
         self._accounting_closed = True
         self.buffer.drain_all()
+        self._outboxes.clear()
         self._retries.clear()
         if self.buffer.pending:
             self.buffer.drop("shutdown", self.buffer.pending)
@@ -134,63 +154,104 @@ class Publisher:
     async def _run(self) -> None:
         while True:
             await self._wait_for_work()
-            if self._stopping and not self.buffer and not self._retries:
-                return
-            await self._send_due_retries()
             if self.buffer:
-                await self._publish(self._batch_size(self._config()))
+                await self._encode_buffered()
+            await self._send_due_retries()
+            await self._flush_outboxes()
+            if self._stopping and not self.buffer and not self._waiting():
+                return
 
     def _batch_size(self, config: KafkaLogConfig) -> int:
         return config.producer_request_limits_messages_per_request if config.producer_async else 1
 
-    async def _wait_for_work(self) -> None:
-        """Sleep until a batch is full, the oldest entry is due, or a retry is due.
+    def _waiting(self) -> list[_Use]:
+        """The producers that encoded entries or retries are waiting for."""
+        uses = [box.use for box in self._outboxes.values() if box.messages]
+        return uses + [retry.use for retry in self._retries]
 
-        Producers of configs no longer in force are released while waiting.
+    async def _wait_for_work(self) -> None:
+        """Sleep until entries are to be encoded, or an outbox or a retry is due.
+
+        Producers of configs no longer in force are released while waiting. At shutdown,
+        only a producer still connecting is waited for (``close`` bounds that).
         """
+        if self._stopping:
+            unready = [use for use in self._waiting() if not use.producer.ready]
+            if unready and len(unready) == len(self._waiting()):
+                await unready[0].producer.wait_ready(_READY_POLL)
+            return
         while not self._stopping:
             config = self._config()
             self._sweep(config)
-            retry_in = self._retries[0].due - time.monotonic() if self._retries else None
-            if retry_in is not None and retry_in <= 0:
-                return
-            wake_in = _earliest(retry_in, self._release_in(config))
+            now = time.monotonic()
+            timers = [self._release_in(config)]
             head = self.buffer.peek()
-            if head is None:
-                await self.buffer.wait(1, wake_in)
-                continue
-            batch = self._batch_size(config)
-            flush_in = config.producer_async_flush_timeout / 1000 - (
-                time.perf_counter() - head.t_end
-            )
-            if not config.producer_async or len(self.buffer) >= batch or flush_in <= 0:
-                return
-            await self.buffer.wait(batch, _earliest(flush_in, wake_in))
+            if head is not None:
+                encode_in = min(ENCODE_DELAY, config.producer_async_flush_timeout / 1000)
+                encode_in -= time.perf_counter() - head.t_end
+                if encode_in <= 0 or len(self.buffer) >= ENCODE_AT:
+                    return
+                timers.append(encode_in)
+            for box in self._outboxes.values():
+                due = self._due_in(box, now)
+                if due is not None and due <= 0:
+                    return
+                timers.append(due)
+            for retry in self._retries:
+                if not retry.use.producer.ready:
+                    timers.append(_READY_POLL)
+                elif retry.due <= now:
+                    return
+                else:
+                    timers.append(retry.due - now)
+            waits = [t for t in timers if t is not None]
+            # An empty buffer wakes on its first entry, to start that entry's encode timer.
+            await self.buffer.wait(1 if head is None else ENCODE_AT, min(waits) if waits else None)
 
-    async def _publish(self, count: int) -> None:
-        """Take up to ``count`` entries, build and encode them in slices, hand them over."""
-        entries = self.buffer.take(count)
-        # Entries mostly share one config object: group by it, resolve producers once.
-        by_config: dict[int, tuple[KafkaLogConfig, list[Message]]] = {}
-        for index, request in enumerate(entries):
-            if index and index % SLICE == 0:
-                await asyncio.sleep(0)
-            encoded = self._encode(request)
-            if encoded is None:
-                continue
-            config, message = encoded
-            group = by_config.get(id(config))
-            if group is None:
-                group = by_config[id(config)] = (config, [])
-            group[1].append(message)
-        del entries
-        sends: dict[tuple[int, str], tuple[_Use, list[Message]]] = {}
-        for config, messages in by_config.values():
-            use = self._use(config)
-            send = sends.setdefault((id(use), config.topic), (use, []))
-            send[1].extend(messages)
-        for (_, topic), (use, messages) in sends.items():
-            await self._hand_over(use, topic, messages, 1)
+    def _due_in(self, box: _Outbox, now: float) -> float | None:
+        """Seconds until ``box`` is to be handed over (<= 0: now); None when empty."""
+        if not box.messages:
+            return None
+        if not box.use.producer.ready:
+            return _READY_POLL
+        config = self._config()
+        if not config.producer_async or len(box.messages) >= self._batch_size(config):
+            return 0.0
+        return box.since + config.producer_async_flush_timeout / 1000 - now
+
+    async def _encode_buffered(self) -> None:
+        """Build and encode the buffered entries into the outboxes, a slice at a time."""
+        now = time.monotonic()
+        left = len(self.buffer)  # not those arriving meanwhile: outboxes get their turn
+        while left > 0 and self.buffer:
+            left -= SLICE
+            for request in self.buffer.take(SLICE):
+                encoded = self._encode(request)
+                if encoded is not None:
+                    config, message = encoded
+                    self._outbox(config, now).messages.append(message)
+            await asyncio.sleep(0)
+
+    def _outbox(self, config: KafkaLogConfig, now: float) -> _Outbox:
+        use = self._use(config)
+        key = (id(use), config.topic)
+        box = self._outboxes.get(key)
+        if box is None:
+            box = self._outboxes[key] = _Outbox(use, config.topic)
+        if not box.messages:
+            box.since = now
+        return box
+
+    async def _flush_outboxes(self) -> None:
+        """Hand over every outbox that is due (all of them, at shutdown) and connected."""
+        now = time.monotonic()
+        for key, box in list(self._outboxes.items()):
+            due = self._due_in(box, now)
+            if due is None:
+                del self._outboxes[key]
+            elif box.use.producer.ready and (due <= 0 or self._stopping):
+                messages, box.messages = box.messages, []
+                await self._hand_over(box.use, box.topic, messages, 1)
 
     def _encode(self, request: CapturedRequest) -> tuple[KafkaLogConfig, Message] | None:
         try:
@@ -212,16 +273,12 @@ class Publisher:
     async def _hand_over(
         self, use: _Use, topic: str, messages: list[Message], attempt: int
     ) -> None:
-        """Give ``messages`` to the producer once it is connected; failures are retried."""
-        producer = use.producer
-        while not await producer.wait_ready(_READY_POLL):
-            if self._stopping:
-                return  # still pending: counted as dropped (shutdown) by close()
+        """Give ``messages`` to their (connected) producer; failures are retried."""
         use.in_flight += len(messages)
         use.last_used = time.monotonic()
         on_done = self._on_done_for(use, topic, attempt)
         try:
-            await producer.send(topic, messages, on_done)
+            await use.producer.send(topic, messages, on_done)
         except Exception as exc:  # no metadata for the topic, or the producer closed
             on_done(0, messages, exc)
 
@@ -268,10 +325,16 @@ class Publisher:
 
     async def _send_due_retries(self) -> None:
         now = time.monotonic()
-        while self._retries and (self._retries[0].due <= now or self._stopping):
+        waiting: deque[_Retry] = deque()
+        while self._retries:
             retry = self._retries.popleft()
+            if not retry.use.producer.ready or (retry.due > now and not self._stopping):
+                waiting.append(retry)
+                continue
             retry.use.in_flight -= len(retry.messages)
             await self._hand_over(retry.use, retry.topic, retry.messages, retry.attempt)
+        waiting.extend(self._retries)  # those added meanwhile
+        self._retries = waiting
 
     # -- producers --------------------------------------------------------------
 
@@ -306,7 +369,9 @@ class Publisher:
         for key, use in list(self._uses.items()):
             if key == current or use.in_flight or now - use.last_used < use.grace:
                 continue
-            if any(r.use is use for r in self._retries):
+            if any(r.use is use for r in self._retries) or any(
+                box.use is use and box.messages for box in self._outboxes.values()
+            ):
                 continue
             del self._uses[key]
             self._cache.release(use.producer, config.shutdown_timeout / 1000)

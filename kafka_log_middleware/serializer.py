@@ -13,18 +13,113 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import _log, nginx_vars
-from .custom_fields import apply_edit, apply_edits, request_edits
+from .config import starlette_route
+from .custom_fields import EDITS_KEY, apply_edit, apply_edits, request_edits
 
 if TYPE_CHECKING:
     from .capture import CapturedRequest
-    from .config import Hook
+    from .config import Hook, KafkaLogConfig
 
 REDACTED = "REDACTED"
 
 
 def encode_entry(request: CapturedRequest) -> bytes:
-    """The entry as the JSON bytes of one Kafka message."""
+    """The entry as the JSON bytes of one Kafka message.
+
+    With the compiled serializer installed (``kafka-log-middleware-native``) and
+    ``native_serializer`` on, the same bytes come from one native call. It hands back
+    to ``build_entry`` whatever it does not reproduce exactly (``custom_fields``,
+    request edits, unusual types in the scope), deciding so before any hook runs.
+    """
+    if _native is not None:
+        config = request.config
+        last = _last_plan
+        plan = last[1] if last[0] is config else _plan(config)
+        if plan is not None and not config.custom_fields:
+            r = request
+            out = _native.encode(
+                plan, r, r.scope, r.status, r.response_headers, r.body_sent, r.body_read,
+                r.file_path, r.client_gone, r.started_at, r.t_start, r.t_response, r.t_end,
+            )  # fmt: skip
+            if type(out) is bytes:
+                return out
+            if out is not None:
+                return _finish(*out)
     return orjson.dumps(build_entry(request))
+
+
+# -- the compiled serializer (optional) ------------------------------------------------
+
+try:
+    import kafka_log_middleware_native as _native_module  # type: ignore[import-not-found, unused-ignore]
+except ImportError:  # pragma: no cover - depends on the installation
+    _native_module = None  # type: ignore[assignment, unused-ignore]
+# A module built from another version of this package (another protocol) is ignored.
+_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 1 else None
+
+_plans: dict[int, tuple[KafkaLogConfig, Any]] = {}
+"""id(config) → (config, its native Plan or None); holding the config keeps the id unique."""
+_MAX_PLANS = 64
+_last_plan: tuple[KafkaLogConfig | None, Any] = (None, None)
+"""The entry of ``_plans`` used last: most apps have a single config."""
+_native_tables: Any = None
+"""The native Tables, made with the first Plan."""
+
+
+def _plan(config: KafkaLogConfig) -> Any:
+    """The native Plan of ``config``, made once; None when ``build_entry`` does its entries."""
+    global _last_plan
+    cached = _plans.get(id(config))
+    if cached is None or cached[0] is not config:
+        if len(_plans) >= _MAX_PLANS:
+            _plans.clear()
+        cached = _plans[id(config)] = (config, _new_plan(config))
+    _last_plan = cached
+    return cached[1]
+
+
+def _new_plan(config: KafkaLogConfig) -> Any:
+    global _native_tables
+    plan = None
+    if _native is not None and config.native_serializer:
+        try:
+            if _native_tables is None:
+                # The constants the entry depends on, from their Python definitions.
+                _native_tables = _native.Tables(
+                    reasons={code: nginx_vars.reason_phrase(code) for code in range(1000)},
+                    tls_versions=nginx_vars._TLS_VERSIONS,
+                    ciphers=nginx_vars._CIPHERS,
+                    server_error_headers=nginx_vars.SERVER_ERROR_HEADERS,
+                    server_error_body=len(nginx_vars.SERVER_ERROR_BODY),
+                    redacted=REDACTED,
+                    edits_key=EDITS_KEY,
+                    warn=_warn_hook,
+                )
+            plan = _native.Plan(
+                _native_tables,
+                kong3=config.log_format == "kong3",
+                redact_headers=config.redact_headers,
+                request_id_header=config.request_id_header,
+                workspace=config.workspace,
+                workspace_name=config.workspace_name,
+                service=config.service,
+                route=config.route,
+                route_is_starlette=config.route is starlette_route,
+                consumer=config.consumer,
+                authenticated_entity=config.authenticated_entity,
+            )
+        except Exception:
+            plan = None  # e.g. a kong3 request_id_header that is not latin-1
+    return plan
+
+
+def _finish(head: bytes, fields: list[tuple[str, Any]]) -> bytes:
+    # Hook values the native encoder does not write itself (floats, subclasses, …):
+    # orjson adds them, last and in order, as the Python path does.
+    entry = orjson.loads(head)
+    for field, value in fields:
+        entry[field] = value
+    return orjson.dumps(entry)
 
 
 def build_entry(request: CapturedRequest) -> dict[str, Any]:

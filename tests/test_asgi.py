@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
+from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, publisher
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.serializer import build_entry
 from kafka_log_middleware.types import Message, Receive, Scope, Send
@@ -22,6 +22,13 @@ from tests.asgi_driver import http_scope, lifespan, request
 from tests.servers import free_port
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True)
+def keep_captures_buffered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read the captured requests themselves: keep the publisher off them."""
+    monkeypatch.setattr(publisher, "ENCODE_AT", 10**9)
+    monkeypatch.setattr(publisher, "ENCODE_DELAY", 3600.0)
 
 
 def offline_config(**changes: Any) -> KafkaLogConfig:

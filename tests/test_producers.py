@@ -159,7 +159,7 @@ def test_forked_worker_gets_its_own_producer_and_buffer(kafka_bootstrap: str) ->
     async def parent() -> None:
         async with lifespan(middleware):
             await request(middleware, http_scope("/"))
-            assert middleware.stats()["buffered"] == 1
+            assert middleware.stats()["pending"] == 1
             # Fork while the parent holds a buffered entry and a live producer.
             child = context.Process(target=_serve_in_forked_child, args=(middleware, results))
             child.start()

@@ -1,0 +1,68 @@
+"""Compiled encoder of kafka-log-middleware's Kong log entries.
+
+Used by ``kafka_log_middleware.serializer.encode_entry``; not an API of its own.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, final
+
+PROTOCOL: int
+"""Version of the calling convention with ``kafka_log_middleware.serializer``."""
+
+@final
+class Tables:
+    """The constants of ``kafka_log_middleware`` the entry depends on."""
+
+    def __new__(
+        cls,
+        *,
+        reasons: Mapping[int, str],
+        tls_versions: Mapping[int, str],
+        ciphers: Mapping[int, str],
+        server_error_headers: Sequence[tuple[bytes, bytes]],
+        server_error_body: int,
+        redacted: str,
+        edits_key: str,
+        warn: Callable[[str, Exception], object],
+    ) -> Tables: ...
+
+@final
+class Plan:
+    """What one config means for the encoder. Raises ValueError for a config whose
+    entries only the Python path builds."""
+
+    def __new__(
+        cls,
+        tables: Tables,
+        *,
+        kong3: bool,
+        redact_headers: Sequence[str],
+        request_id_header: str | None,
+        workspace: str | None,
+        workspace_name: str,
+        service: Mapping[str, Any] | None,
+        route: Callable[[Any], Any] | None,
+        route_is_starlette: bool,
+        consumer: Callable[[Any], Any] | None,
+        authenticated_entity: Callable[[Any], Any] | None,
+    ) -> Plan: ...
+
+def encode(
+    plan: Plan,
+    request: Any,
+    scope: Any,
+    status: Any,
+    response_headers: Any,
+    body_sent: Any,
+    body_read: Any,
+    file_path: Any,
+    client_gone: Any,
+    started_at: Any,
+    t_start: Any,
+    t_response: Any,
+    t_end: Any,
+    /,
+) -> bytes | tuple[bytes, list[tuple[str, Any]]] | None:
+    """The entry's JSON bytes; None: build it in Python instead; or (entry, fields):
+    add these (field, value) pairs last, with orjson. The arguments after ``request``
+    are its attributes of the same names."""

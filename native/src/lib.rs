@@ -1,0 +1,254 @@
+//! `kafka_log_middleware_native`: the Kong log entry of a `CapturedRequest`, encoded in
+//! one pass to the exact bytes `orjson.dumps(build_entry(request))` gives.
+//!
+//! The Python serializer is the specification. [`encode`] returns `None` for any input
+//! it does not reproduce exactly (unusual types in the scope, request edits, …), and
+//! the caller then runs the Python path. It decides that before calling any hook, so a
+//! hook runs once per entry either way. A hook value it cannot write natively makes it
+//! return `(entry_bytes, [(field, value), …])`: the caller adds those fields with orjson.
+
+use std::collections::HashMap;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+
+mod entry;
+mod json;
+mod nginx;
+mod value;
+
+/// Version of the calling convention between this module and `serializer.py`.
+const PROTOCOL: u32 = 1;
+
+/// Constants of `kafka_log_middleware` the entry depends on, given once at import so
+/// that the Python modules stay their single source.
+#[pyclass(frozen, module = "kafka_log_middleware_native")]
+pub struct Tables {
+    /// Status → characters of its reason phrase (`nginx_vars.reason_phrase`).
+    reasons: HashMap<i64, usize>,
+    tls_versions: HashMap<i64, String>,
+    ciphers: HashMap<i64, String>,
+    server_error_headers: Vec<(Vec<u8>, Vec<u8>)>,
+    server_error_body: i64,
+    redacted: String,
+    edits_key: Py<PyString>,
+    /// `serializer._warn_hook(field, exc)`: logs a hook that raised.
+    warn: Py<PyAny>,
+}
+
+#[pymethods]
+impl Tables {
+    #[new]
+    #[pyo3(signature = (
+        *, reasons, tls_versions, ciphers, server_error_headers, server_error_body,
+        redacted, edits_key, warn
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        reasons: HashMap<i64, String>,
+        tls_versions: HashMap<i64, String>,
+        ciphers: HashMap<i64, String>,
+        server_error_headers: Vec<(Vec<u8>, Vec<u8>)>,
+        server_error_body: i64,
+        redacted: String,
+        edits_key: Py<PyString>,
+        warn: Py<PyAny>,
+    ) -> Self {
+        let reasons = reasons
+            .into_iter()
+            .map(|(status, phrase)| (status, phrase.chars().count()))
+            .collect();
+        Self {
+            reasons,
+            tls_versions,
+            ciphers,
+            server_error_headers,
+            server_error_body,
+            redacted,
+            edits_key,
+            warn,
+        }
+    }
+}
+
+/// What one `KafkaLogConfig` means for the encoder; built once per config.
+#[pyclass(frozen, module = "kafka_log_middleware_native")]
+pub struct Plan {
+    tables: Py<Tables>,
+    kong3: bool,
+    /// `redact_headers` as latin-1 bytes (the form header names are compared in); a
+    /// name that is not latin-1 can match no header and is left out.
+    redact: Vec<Vec<u8>>,
+    /// kong3 only: `request_id_header` as latin-1 bytes.
+    request_id_header: Option<Vec<u8>>,
+    workspace: Option<String>,
+    workspace_name: String,
+    service: Option<Py<PyAny>>,
+    route: Option<Py<PyAny>>,
+    /// `route` is `config.starlette_route`, which is then computed natively.
+    starlette_route: bool,
+    consumer: Option<Py<PyAny>>,
+    authenticated_entity: Option<Py<PyAny>>,
+}
+
+#[pymethods]
+impl Plan {
+    /// Raises `ValueError` for a config whose entries only the Python path can build.
+    #[new]
+    #[pyo3(signature = (
+        tables, *, kong3, redact_headers, request_id_header, workspace, workspace_name,
+        service, route, route_is_starlette, consumer, authenticated_entity
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        tables: Py<Tables>,
+        kong3: bool,
+        redact_headers: Vec<Bound<'_, PyString>>,
+        request_id_header: Option<String>,
+        workspace: Option<Bound<'_, PyAny>>,
+        workspace_name: Bound<'_, PyAny>,
+        service: Option<Py<PyAny>>,
+        route: Option<Py<PyAny>>,
+        route_is_starlette: bool,
+        consumer: Option<Py<PyAny>>,
+        authenticated_entity: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let unsupported = || pyo3::exceptions::PyValueError::new_err("not for the native encoder");
+        let redact = redact_headers
+            .iter()
+            .filter_map(|name| latin1(name.to_str().ok()?))
+            .collect();
+        let (request_id_header, workspace, workspace_name) = if kong3 {
+            let request_id_header = match request_id_header {
+                Some(name) => Some(latin1(&name).ok_or_else(unsupported)?),
+                None => None,
+            };
+            let workspace = match workspace {
+                Some(w) => Some(exact_string(&w).ok_or_else(unsupported)?),
+                None => None,
+            };
+            let name = exact_string(&workspace_name).ok_or_else(unsupported)?;
+            (request_id_header, workspace, name)
+        } else {
+            (None, None, String::new())
+        };
+        Ok(Self {
+            tables,
+            kong3,
+            redact,
+            request_id_header,
+            workspace,
+            workspace_name,
+            service,
+            route,
+            starlette_route: route_is_starlette,
+            consumer,
+            authenticated_entity,
+        })
+    }
+}
+
+fn latin1(name: &str) -> Option<Vec<u8>> {
+    name.chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect()
+}
+
+fn exact_string(value: &Bound<'_, PyAny>) -> Option<String> {
+    Some(
+        value
+            .cast_exact::<PyString>()
+            .ok()?
+            .to_str()
+            .ok()?
+            .to_owned(),
+    )
+}
+
+/// The entry of `request` as JSON bytes; `None`: use the Python path; or
+/// `(entry, [(field, value), …])`: add these fields last, with orjson.
+///
+/// The other arguments are the request's attributes of the same names (passed, not
+/// looked up, because Python reads `__slots__` faster).
+/// Raises only what the Python path raises too: an exception from a hook that is not
+/// an `Exception`, or from the warning callback.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn encode<'py>(
+    plan: &Bound<'py, Plan>,
+    request: &Bound<'py, PyAny>,
+    scope: &Bound<'py, PyAny>,
+    status: &Bound<'py, PyAny>,
+    response_headers: &Bound<'py, PyAny>,
+    body_sent: &Bound<'py, PyAny>,
+    body_read: &Bound<'py, PyAny>,
+    file_path: &Bound<'py, PyAny>,
+    client_gone: &Bound<'py, PyAny>,
+    started_at: &Bound<'py, PyAny>,
+    t_start: &Bound<'py, PyAny>,
+    t_response: &Bound<'py, PyAny>,
+    t_end: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let facts = entry::Facts {
+        request,
+        scope,
+        status,
+        response_headers,
+        body_sent,
+        body_read,
+        file_path,
+        client_gone,
+        started_at,
+        t_start,
+        t_response,
+        t_end,
+    };
+    // One buffer per thread, reused: taken, not borrowed, so that a hook that encodes
+    // an entry of its own simply gets a new one.
+    let mut out = BUFFER.take();
+    out.clear();
+    let result = encode_into(&mut out, plan.get(), &facts);
+    if out.capacity() <= MAX_KEPT_BUFFER {
+        BUFFER.set(out);
+    }
+    result
+}
+
+thread_local! {
+    static BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+/// Larger buffers (an entry with huge headers) are freed rather than kept.
+const MAX_KEPT_BUFFER: usize = 64 * 1024;
+
+fn encode_into<'py>(
+    out: &mut Vec<u8>,
+    plan: &Plan,
+    facts: &entry::Facts<'_, 'py>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = facts.request.py();
+    let Some(scope) = entry::write_head(out, plan, facts) else {
+        return Ok(None);
+    };
+    let pending = entry::write_tail(out, plan, facts.request, scope)?;
+    out.push(b'}');
+    let data = PyBytes::new(py, out).into_any();
+    if pending.is_empty() {
+        return Ok(Some(data));
+    }
+    let fields = PyList::empty(py);
+    for (name, value) in pending {
+        fields.append((name, value))?;
+    }
+    Ok(Some(
+        PyTuple::new(py, [data, fields.into_any()])?.into_any(),
+    ))
+}
+
+#[pymodule]
+mod kafka_log_middleware_native {
+    #[pymodule_export]
+    use super::{encode, Plan, Tables};
+
+    #[pymodule_export]
+    const PROTOCOL: u32 = super::PROTOCOL;
+}
