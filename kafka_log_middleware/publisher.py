@@ -223,13 +223,20 @@ class Publisher:
         """Build and encode the buffered entries into the outboxes, a slice at a time."""
         now = time.monotonic()
         left = len(self.buffer)  # not those arriving meanwhile: outboxes get their turn
+        last_config: KafkaLogConfig | None = None
+        box: _Outbox | None = None
         while left > 0 and self.buffer:
             left -= SLICE
             for request in self.buffer.take(SLICE):
                 encoded = self._encode(request)
-                if encoded is not None:
-                    config, message = encoded
-                    self._outbox(config, now).messages.append(message)
+                if encoded is None:
+                    continue
+                config, message = encoded
+                if config is not last_config or box is None:  # mostly one config: look up once
+                    last_config, box = config, self._outbox(config, now)
+                elif not box.messages:
+                    box.since = now
+                box.messages.append(message)
             await asyncio.sleep(0)
 
     def _outbox(self, config: KafkaLogConfig, now: float) -> _Outbox:
@@ -260,7 +267,9 @@ class Publisher:
                 if chosen is not None:
                     request.config = chosen
             value = encode_entry(request)
-            return request.config, (message_key(request), value)
+            config = request.config
+            plain = config.key is None and config.key_query_arg is None
+            return config, (None if plain else message_key(request), value)
         except Exception as exc:
             self.buffer.drop("serialize_error", 1)
             _log.warn(
