@@ -11,20 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import confluent_kafka
 
 from .config import KafkaLogConfig
-from .producers import Message, OnDone, Producer
+from .producers import SLICE_SECONDS, Message, OnDone, Producer
 
 _POLL_INTERVAL = 0.005
 """Seconds between two polls for delivery reports while messages are in flight."""
 _IDLE_POLL = 0.25
 """Poll interval with nothing in flight (librdkafka's own events, e.g. errors)."""
-_PRODUCE_SLICE = 64
-"""Messages queued between two yields to the event loop."""
 _librdkafka_log = logging.getLogger("kafka_log_middleware.librdkafka")
 
 
@@ -101,9 +100,12 @@ class ConfluentProducer(Producer):
         produce = self._producer.produce
         self._in_flight += len(fitting)
         self._wake.set()
+        clock = time.perf_counter
+        slice_end = clock() + SLICE_SECONDS
         for index, (key, value) in enumerate(fitting):
-            if index and index % _PRODUCE_SLICE == 0:
-                await asyncio.sleep(0)
+            if index % 16 == 15 and clock() >= slice_end:
+                await asyncio.sleep(0)  # requests go first
+                slice_end = clock() + SLICE_SECONDS
             try:
                 produce(topic, value, key, on_delivery=delivered)
             except (BufferError, confluent_kafka.KafkaException) as exc:

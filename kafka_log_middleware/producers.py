@@ -13,10 +13,12 @@ import asyncio
 import os
 import random
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import ProducerClosed
 from aiokafka.partitioner import DefaultPartitioner
 
 from . import _log
@@ -27,6 +29,8 @@ Message = tuple[bytes | None, bytes]
 OnDone = Callable[[int, list[Message], BaseException | None], None]
 """Delivery report: ``(acknowledged count, failed messages, their error)``."""
 
+SLICE_SECONDS = 0.0005
+"""Longest background work runs before it yields to the event loop (requests go first)."""
 _RECONNECT_MAX = 5.0
 _partition_for_key = DefaultPartitioner()
 
@@ -107,9 +111,8 @@ class Producer:
     async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
         """Hand ``messages`` over for delivery to ``topic``.
 
-        Returns once all are handed over; ``on_done`` then reports every message exactly
-        once (in batches). Raises, before anything was handed over, only when the topic
-        cannot be had.
+        Returns once all are handed over (it never waits on Kafka); ``on_done`` then
+        reports every message exactly once (in batches).
         """
         raise NotImplementedError
 
@@ -139,13 +142,21 @@ class Producer:
 
 
 class AiokafkaProducer(Producer):
-    """The default backend: an ``aiokafka.AIOKafkaProducer`` fed with its batch API."""
+    """The default backend: an ``aiokafka.AIOKafkaProducer`` fed with its batch API.
+
+    ``send`` only queues: a sender task of its own feeds aiokafka, whose ``send_batch``
+    waits while the previous batch of a partition is in flight. So Kafka's pace never
+    holds up the publisher, which keeps encoding meanwhile.
+    """
 
     def __init__(self, config: KafkaLogConfig) -> None:
         super().__init__(config)
         self._options = config.aiokafka_options()
         self._ack_timeout = config.producer_request_timeout
         self._producer: Any = None
+        self._queue: deque[tuple[str, list[Message], OnDone]] = deque()
+        self._queued = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
 
     async def _open(self) -> None:
         producer = AIOKafkaProducer(**self._options)
@@ -159,16 +170,37 @@ class AiokafkaProducer(Producer):
             await _stop_quietly(producer, self._backoff)
             raise
         self._producer = producer
+        self._sender = asyncio.get_running_loop().create_task(
+            self._send_forever(), name="kafka-log-send"
+        )
 
     async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
-        """Hand ``messages`` to aiokafka in batches, one per partition (see ``Producer.send``)."""
+        """Queue ``messages`` for the sender task (see ``Producer.send``); never waits."""
+        fitting = self._fitting(messages, on_done)
+        if fitting:
+            self._queue.append((topic, fitting, on_done))
+            self._queued.set()
+
+    async def _send_forever(self) -> None:
+        while True:
+            while self._queue:
+                topic, messages, on_done = self._queue.popleft()
+                try:
+                    await self._send_now(topic, messages, on_done)
+                except Exception as exc:  # no metadata for the topic in time
+                    on_done(0, messages, exc)
+            self._queued.clear()
+            await self._queued.wait()
+
+    async def _send_now(self, topic: str, messages: list[Message], on_done: OnDone) -> None:
+        """Hand ``messages`` to aiokafka in batches, one per partition."""
         producer = self._producer
         partitions = sorted(await producer.partitions_for(topic))
         available = list(producer.client.cluster.available_partitions_for_topic(topic) or ())
         groups: dict[int, list[Message]] = {}
         # Unkeyed entries stick to one partition per call, as Kafka's sticky partitioner does.
         unkeyed = _partition_for_key(None, partitions, available)
-        for message in self._fitting(messages, on_done):
+        for message in messages:
             key = message[0]
             part = unkeyed if key is None else _partition_for_key(key, partitions, available)
             groups.setdefault(part, []).append(message)
@@ -200,9 +232,20 @@ class AiokafkaProducer(Producer):
             start = end
 
     async def _shutdown(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.01)
+        # Let the sender hand over what is queued; polling briefly at shutdown is simplest.
+        while self._queue and self._sender is not None and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        if self._sender is not None:
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+        for _, messages, on_done in self._queue:
+            on_done(0, messages, ProducerClosed())
+        self._queue.clear()
         producer, self._producer = self._producer, None
         if producer is not None:
-            await _stop_quietly(producer, timeout)
+            await _stop_quietly(producer, max(deadline - loop.time(), 0.01))
 
 
 def _reporter(sent: list[Message], on_done: OnDone) -> Callable[[asyncio.Future[Any]], None]:
