@@ -268,6 +268,7 @@ class KafkaLogConfig:
             self.keepalive,
             self.producer_request_acks,
             self.producer_request_timeout,
+            self.producer_request_limits_messages_per_request,
             self.producer_request_limits_bytes_per_request,
             self.producer_request_retries_backoff_timeout,
             self.client_id,
