@@ -102,10 +102,6 @@ class LogBuffer:
         items = self._items
         return [items.popleft() for _ in range(min(count, len(items)))]
 
-    def put_back(self, entries: list[CapturedRequest]) -> None:
-        """Return entries taken but not handed over, to the front, in their order."""
-        self._items.extendleft(reversed(entries))
-
     def drain_all(self) -> list[CapturedRequest]:
         """Remove and return every buffered entry."""
         items = list(self._items)

@@ -108,11 +108,6 @@ class Publisher:
             self._use(self._config())
             self._task = self.loop.create_task(self._run(), name="kafka-log-publisher")
 
-    @property
-    def running(self) -> bool:
-        """True while the task runs and no shutdown was asked."""
-        return self._task is not None and not self._task.done() and not self._stopping
-
     def producers(self) -> list[Producer]:
         """The producers this publisher holds."""
         return [use.producer for use in self._uses.values()]
