@@ -11,19 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import confluent_kafka
 
 from .config import KafkaLogConfig
-from .producers import SLICE_SECONDS, Message, OnDone, Producer
+from .producers import Message, OnDone, Producer
 
 _POLL_INTERVAL = 0.005
 """Seconds between two polls for delivery reports while messages are in flight."""
 _IDLE_POLL = 0.25
 """Poll interval with nothing in flight (librdkafka's own events, e.g. errors)."""
+_CHUNK = 200
+"""Messages queued per ``produce_batch`` call (~0.1 ms of work)."""
 _librdkafka_log = logging.getLogger("kafka_log_middleware.librdkafka")
 
 
@@ -91,26 +92,30 @@ class ConfluentProducer(Producer):
                 await asyncio.wait_for(self._wake.wait(), _IDLE_POLL)
 
     async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
-        """Queue ``messages`` in librdkafka (see ``Producer.send``)."""
+        """Queue ``messages`` in librdkafka (see ``Producer.send``).
+
+        ``produce_batch`` takes a chunk in one call (half the cost of one ``produce``
+        per message); librdkafka's partitioner still places each message by its key.
+        """
         fitting = self._fitting(messages, on_done)
         if not fitting:
             return
         report = _BatchReport(len(fitting), on_done, self)
-        delivered = report.delivered
-        produce = self._producer.produce
         self._in_flight += len(fitting)
         self._wake.set()
-        clock = time.perf_counter
-        slice_end = clock() + SLICE_SECONDS
-        for index, (key, value) in enumerate(fitting):
-            if index % 16 == 15 and clock() >= slice_end:
+        for start in range(0, len(fitting), _CHUNK):
+            if start:
                 await asyncio.sleep(0)  # requests go first
-                slice_end = clock() + SLICE_SECONDS
+            chunk = fitting[start : start + _CHUNK]
+            batch = [{"value": v} if k is None else {"value": v, "key": k} for k, v in chunk]
             try:
-                produce(topic, value, key, on_delivery=delivered)
-            except (BufferError, confluent_kafka.KafkaException) as exc:
-                report.failed(fitting[index:], exc)
+                queued = self._producer.produce_batch(topic, batch, on_delivery=report.delivered)
+            except (BufferError, confluent_kafka.KafkaException, TypeError) as exc:
+                report.failed(fitting[start:], exc)
                 return
+            if queued < len(batch):  # librdkafka marks the ones it refused
+                refused = [m for m, d in zip(chunk, batch, strict=True) if "_error" in d]
+                report.failed(refused, confluent_kafka.KafkaException(_batch_error(batch)))
 
     async def _shutdown(self, timeout: float) -> None:
         producer, self._producer, self._client = self._producer, None, None
@@ -200,3 +205,8 @@ _TIMEOUTS = frozenset(
         confluent_kafka.KafkaError._ALL_BROKERS_DOWN,
     }
 )
+
+
+def _batch_error(batch: list[dict[str, Any]]) -> Any:
+    """The first error librdkafka attached to a message it refused in ``produce_batch``."""
+    return next((d["_error"] for d in batch if "_error" in d), None)
