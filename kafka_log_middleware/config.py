@@ -110,7 +110,7 @@ class KafkaLogConfig:
     producer_request_timeout: int = 2000
     """How long the broker waits for replicas' acknowledgements (the produce request timeout)."""
     producer_request_limits_messages_per_request: int = 200
-    """Most entries sent to Kafka in one batch."""
+    """Entries that make a batch: this many waiting are sent without waiting for the timer."""
     producer_request_limits_bytes_per_request: int = 1048576
     """Most bytes in one batch (aiokafka ``max_batch_size``/``max_request_size``)."""
     producer_request_retries_max_attempts: int = 10
@@ -268,7 +268,6 @@ class KafkaLogConfig:
             self.keepalive,
             self.producer_request_acks,
             self.producer_request_timeout,
-            self.producer_request_limits_messages_per_request,
             self.producer_request_limits_bytes_per_request,
             self.producer_request_retries_backoff_timeout,
             self.client_id,

@@ -42,7 +42,6 @@ def librdkafka_options(config: KafkaLogConfig) -> dict[str, Any]:
         "message.timeout.ms": config.timeout,
         "connections.max.idle.ms": config.keepalive,
         "retry.backoff.ms": max(config.producer_request_retries_backoff_timeout, 1),
-        "batch.num.messages": config.producer_request_limits_messages_per_request,
         "batch.size": limit,
         "message.max.bytes": max(limit + 1024, 1000),
         "linger.ms": 2,

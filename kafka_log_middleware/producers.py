@@ -153,7 +153,6 @@ class AiokafkaProducer(Producer):
         super().__init__(config)
         self._options = config.aiokafka_options()
         self._ack_timeout = config.producer_request_timeout
-        self._batch_messages = config.producer_request_limits_messages_per_request
         self._producer: Any = None
         self._queue: deque[tuple[str, list[Message], OnDone]] = deque()
         self._queued = asyncio.Event()
@@ -216,8 +215,7 @@ class AiokafkaProducer(Producer):
         while start < len(group):
             batch = producer.create_batch()
             end = start
-            stop = min(len(group), start + self._batch_messages)
-            while end < stop:
+            while end < len(group):
                 key, value = group[end]
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     break
