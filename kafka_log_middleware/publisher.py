@@ -241,22 +241,20 @@ class Publisher:
                     continue
                 config, message = encoded
                 if config is not last_config or box is None:  # mostly one config: look up once
-                    last_config, box = config, self._outbox(config, now)
-                elif not box.messages:
+                    last_config, box = config, self._outbox(config)
+                if not box.messages:
                     box.since = now
                 box.messages.append(message)
             if clock() >= slice_end:
                 await asyncio.sleep(0)
                 slice_end = clock() + SLICE_SECONDS
 
-    def _outbox(self, config: KafkaLogConfig, now: float) -> _Outbox:
+    def _outbox(self, config: KafkaLogConfig) -> _Outbox:
         use = self._use(config)
         key = (id(use), config.topic)
         box = self._outboxes.get(key)
         if box is None:
             box = self._outboxes[key] = _Outbox(use, config.topic)
-        if not box.messages:
-            box.since = now
         return box
 
     async def _flush_outboxes(self) -> None:
