@@ -63,18 +63,16 @@ class ConfluentProducer(Producer):
     def __init__(self, config: KafkaLogConfig) -> None:
         super().__init__(config)
         self._options = librdkafka_options(config)
-        self._client: Any = None
         self._producer: Any = None
         self._in_flight = 0
         self._poller: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
     async def _open(self) -> None:
-        if self._client is None:
-            self._client = confluent_kafka.Producer(self._options, logger=_librdkafka_log)
+        if self._producer is None:  # one client across attempts; it reconnects by itself
+            self._producer = confluent_kafka.Producer(self._options, logger=_librdkafka_log)
         # Metadata proves the cluster answers; it blocks, so it runs off the loop.
-        await asyncio.to_thread(self._client.list_topics, None, max(self._backoff, 1.0))
-        self._producer = self._client
+        await asyncio.to_thread(self._producer.list_topics, None, max(self._backoff, 1.0))
         self._poller = asyncio.get_running_loop().create_task(
             self._poll_forever(), name="kafka-log-poll"
         )
@@ -117,7 +115,7 @@ class ConfluentProducer(Producer):
                 report.failed(refused, confluent_kafka.KafkaException(_batch_error(batch)))
 
     async def _shutdown(self, timeout: float) -> None:
-        producer, self._producer, self._client = self._producer, None, None
+        producer, self._producer = self._producer, None
         if producer is None:
             return
         loop = asyncio.get_running_loop()
