@@ -10,6 +10,7 @@ bounded while Kafka is down, and the overflow is counted, never silent.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,8 @@ from . import _log
 
 if TYPE_CHECKING:
     from .capture import CapturedRequest
+
+_monotonic = time.monotonic
 
 DROP_REASONS = ("buffer_full", "serialize_error", "too_large", "kafka_error", "shutdown")
 """Why an entry can be dropped: the buffer bound was reached; building or encoding the
@@ -28,6 +31,7 @@ class LogBuffer:
     """A bounded FIFO of captured requests with delivered/dropped/pending counters."""
 
     __slots__ = (
+        "_full_warn_at",
         "_items",
         "_waiter",
         "_wake_at",
@@ -43,6 +47,7 @@ class LogBuffer:
         self._items: deque[CapturedRequest] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._wake_at = 1
+        self._full_warn_at = 0.0
         self.enqueued = 0
         self.delivered = 0
         self.dropped = 0
@@ -58,11 +63,21 @@ class LogBuffer:
 
     def put(self, item: CapturedRequest) -> None:
         """Append one entry (the request path's only call); drops it when the bound is reached."""
-        if self.enqueued - self.delivered - self.dropped >= self.limit:
-            self.enqueued += 1
-            self.drop("buffer_full", 1)
-            return
         self.enqueued += 1
+        if self.enqueued - self.delivered - self.dropped > self.limit:
+            # Kafka is down or slow and every request lands here: count, warn seldom.
+            self.dropped += 1
+            self.drops["buffer_full"] += 1
+            now = _monotonic()
+            if now >= self._full_warn_at:
+                self._full_warn_at = now + _log.INTERVAL
+                _log.logger.warning(
+                    "kafka_log_middleware: buffer full (%d entries pending), dropping log "
+                    "entries (%d so far)",
+                    self.limit,
+                    self.drops["buffer_full"],
+                )
+            return
         items = self._items
         items.append(item)
         if len(items) >= self._wake_at and self._waiter is not None:

@@ -272,12 +272,18 @@ async def test_without_lifespan_the_first_request_starts_the_publisher() -> None
     assert middleware.producers() == []
 
 
-async def test_buffer_bound_drops_and_counts() -> None:
+async def test_buffer_bound_drops_and_counts(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="kafka_log_middleware")
     middleware = KafkaLogMiddleware(
         starlette_app(), offline_config(producer_async_buffering_limits_messages_in_memory=5)
     )
     for _ in range(12):
         assert (await request(middleware, http_scope("/hello/x"))).status == 200
+    assert len(buffered(middleware)) == 5
+    # One warning per interval, not one per dropped request.
+    assert [r.getMessage() for r in caplog.records if "buffer full" in r.getMessage()] == [
+        "kafka_log_middleware: buffer full (5 entries pending), dropping log entries (1 so far)"
+    ]
     stats = middleware.stats()
     assert stats["enqueued"] == 12
     assert stats["dropped"] == stats["dropped_buffer_full"] == 7
@@ -286,6 +292,26 @@ async def test_buffer_bound_drops_and_counts() -> None:
     await middleware.aclose()
     stats = middleware.stats()
     assert stats["pending"] == 0 and stats["dropped_shutdown"] == 5
+
+
+async def test_send_hands_the_app_the_servers_own_awaitable() -> None:
+    """No extra coroutine frame per ASGI message: the app awaits the server's send."""
+    sent: list[Message] = []
+
+    async def server_send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    captured = CapturedRequest(http_scope("/"), offline_config(), receive, server_send)
+    awaitable = captured.send({"type": "http.response.start", "status": 204, "headers": []})
+    assert awaitable.cr_code is server_send.__code__  # type: ignore[attr-defined]
+    await awaitable
+    await captured.send({"type": "http.response.body", "body": b"ab"})
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert (captured.status, captured.body_sent) == (204, 2)
+    assert captured.t_start <= captured.t_response <= captured.t_end
 
 
 async def test_failing_hook_never_reaches_the_request() -> None:
