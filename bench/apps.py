@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
 
-VARIANTS = ("bare", "middleware", "basehttp_send_and_wait", "asgi_send")
+VARIANTS = ("bare", "passthrough", "middleware", "basehttp_send_and_wait", "asgi_send")
 logger = logging.getLogger("bench.apps")
 
 
@@ -139,6 +139,16 @@ class SendLogger:
                     logger.exception("could not log the request to Kafka")
 
 
+class Passthrough:
+    """An empty pure ASGI middleware: the floor any middleware layer costs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 # -- the variants ---------------------------------------------------------------------------
 
 
@@ -158,6 +168,8 @@ def build(variant: str) -> ASGIApp:
     """The ASGI app of ``variant`` (one of ``VARIANTS``)."""
     if variant == "bare":
         return Starlette(routes=_routes())
+    if variant == "passthrough":
+        return Passthrough(Starlette(routes=_routes()))
     if variant == "middleware":
         return _middleware_app()
     if variant == "basehttp_send_and_wait":

@@ -59,6 +59,8 @@ wrk.headers["X-Request-Source"] = "bench"
 wrk.headers["Authorization"] = "Bearer bench-token-0123456789"
 """
 PATH = "/hello/world?a=1&b=2"
+FILL_LIMIT = 60.0
+"""Longest a broker-down warm-up runs to fill the buffer, in seconds."""
 SOAK_SETTLE = 10.0
 """Seconds after the buffer filled from which the soak's RSS must stay flat."""
 
@@ -82,6 +84,7 @@ def variants(bootstrap: str, down: str, confluent: bool) -> list[Variant]:
     conf = {"KAFKA_LOG_PRODUCER_BACKEND": "confluent"}
     out = [
         Variant("bare", "bare app", "bare"),
+        Variant("passthrough", "empty pure ASGI middleware", "passthrough"),
         Variant("middleware", "KafkaLogMiddleware (aiokafka)", "middleware", up_env, True, True),
         Variant(
             "middleware_down",
@@ -312,6 +315,8 @@ def measure(
     """
     with server(variant, log) as srv:
         run_wrk(srv.port, args.warmup, args, script)
+        if variant.stats and not variant.broker_up:
+            _fill_buffer(srv.port, args, script)
         time.sleep(SETTLE)
         before = get_stats(srv.port) if variant.stats else None
         broker0 = cpu_seconds(broker_pid) if broker_pid else 0.0
@@ -349,6 +354,17 @@ def measure(
             if variant.broker_up:
                 result["all_delivered"] = after["pending"] == 0 and after["dropped"] == 0
     return result
+
+
+def _fill_buffer(port: int, args: argparse.Namespace, script: Path) -> None:
+    """Load a broker-down server until its buffer is full (at most FILL_LIMIT seconds).
+
+    A broker down for minutes means a full buffer: the measured run then sees that
+    steady state, not the first seconds in which entries are still encoded and kept.
+    """
+    deadline = time.monotonic() + FILL_LIMIT
+    while not get_stats(port)["dropped_buffer_full"] and time.monotonic() < deadline:
+        run_wrk(port, 1.0, args, script)
 
 
 def soak(seconds: float, down: str, args: argparse.Namespace, script: Path, log: Path) -> Any:

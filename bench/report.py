@@ -128,7 +128,9 @@ def overhead_section(data: dict[str, Any]) -> list[str]:
             else "**no** (see the table)"
         )
         + ". Drop reasons in brackets count the server's whole life (warm-up included); "
-        "broker-down runs drop `buffer_full` once the buffer bound is reached, and a bold "
+        "broker-down runs are measured once the buffer is full (the warm-up goes on until "
+        "the bound is reached: the state of a broker down for minutes; the filling itself "
+        "is the soak below), so they drop `buffer_full`; a bold "
         "count means entries were dropped although the broker was up.",
         "",
         "Requests/s per round, and in brackets the share of the machine's CPU used during "
@@ -393,7 +395,8 @@ def setup_section(
             s["uvicorn_command"],
             "```",
             "",
-            "with `BENCH_VARIANT` one of `bare`, `middleware`, `basehttp_send_and_wait`, "
+            "with `BENCH_VARIANT` one of `bare`, `passthrough` (an empty pure ASGI middleware: "
+            "the floor of any middleware), `middleware`, `basehttp_send_and_wait`, "
             "`asgi_send` (see `bench/apps.py`; the middleware variants get `KAFKA_LOG_*` for "
             "broker, topic and backend), and loads it with",
             "",
