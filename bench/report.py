@@ -262,6 +262,76 @@ def publisher_section(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def breakdown_section(data: dict[str, Any]) -> list[str]:
+    """The in-process breakdown of the logging CPU per request, part by part."""
+    s, m = data["settings"], data["medians_us"]
+    alone = data["serializer_alone_us"]
+    encode = alone.get("native", alone["python"])
+    rows: list[tuple[str, float | None, str]] = [
+        (
+            "an empty pure ASGI middleware (the floor)",
+            m["passthrough"] - m["bare"],
+            "passthrough - bare",
+        ),
+        (
+            "request path: `CapturedRequest`, the `send` wrapper, `buffer.put`",
+            m["request_path"] - m["passthrough"],
+            "request_path - passthrough",
+        ),
+        (
+            "building + encoding the entry ("
+            + ("native serializer" if "native" in alone else "Python serializer")
+            + ")",
+            encode,
+            "`encode_entry` alone",
+        ),
+        (
+            "publisher: outboxes, batching, accounting, wake-ups",
+            m["publisher_native"] - m["request_path"] - encode,
+            "publisher_native - request_path - encode",
+        ),
+        (
+            "aiokafka producer: batches to the broker, acks",
+            m["aiokafka"] - m["publisher_native"],
+            "aiokafka - publisher_native",
+        ),
+    ]
+    if "confluent" in m:
+        rows.append(
+            (
+                "confluent producer, librdkafka's threads included",
+                m["confluent"] - m["publisher_native"],
+                "confluent - publisher_native",
+            )
+        )
+    rows.append(("**total, aiokafka**", m["aiokafka"] - m["bare"], "aiokafka - bare"))
+    if "confluent" in m:
+        rows.append(("**total, confluent**", m["confluent"] - m["bare"], "confluent - bare"))
+    rows.append(
+        (
+            "(the Python serializer instead of the native one adds)",
+            m["publisher_python"] - m["publisher_native"],
+            "publisher_python - publisher_native",
+        )
+    )
+    out = [
+        "## Where the logging CPU goes (in-process profile)",
+        "",
+        f"`python -m bench.breakdown`: the benchmark's Starlette app called directly on a "
+        f"uvloop loop (no HTTP, no server) with the wrk request's scope, {s['requests']:,} "
+        f"requests per stage after {s['warm']:,} warm-up ones, median of {s['rounds']} "
+        "interleaved rounds, CPU from `time.process_time()` (all threads) until every entry "
+        "is delivered. Each stage adds one part; a part's cost is the difference between "
+        f"two stages. Bare app in-process: {m['bare']:.1f} µs per request.",
+        "",
+        _row(["part", "µs per request", "from"]),
+        "|---|---:|---|",
+    ]
+    for label, value, source in rows:
+        out.append(_row([label, _f(value, 2), source]))
+    return out
+
+
 def targets_section(overhead: dict[str, Any] | None, publisher: dict[str, Any] | None) -> list[str]:
     """Issue 3's targets with met / not met from the numbers."""
     rows: list[tuple[str, str, bool | None]] = []
@@ -379,6 +449,7 @@ def setup_section(
         "```bash",
         "python -m bench.overhead   # bench/results/overhead.json (+ overhead-servers.log)",
         "python -m bench.publisher  # bench/results/publisher.json",
+        "python -m bench.breakdown  # bench/results/breakdown.json",
         "python -m bench.chart      # docs/benchmarks-overhead.png",
         "python -m bench.report     # this section of docs/benchmarks.md",
         "```",
@@ -445,6 +516,9 @@ def render(command: str, elapsed: float | None) -> str:
         lines += [*overhead_section(overhead), ""]
     if publisher:
         lines += [*publisher_section(publisher), ""]
+    breakdown = read_json("breakdown.json")
+    if breakdown:
+        lines += [*breakdown_section(breakdown), ""]
     lines += [*setup_section(overhead, publisher, command, elapsed), "", END]
     return "\n".join(lines)
 

@@ -1,0 +1,227 @@
+"""Where the logging CPU goes: the middleware's cost per request, part by part, in-process.
+
+The benchmark's Starlette app is called directly (no HTTP, no server) on a uvloop
+event loop with the wrk request's scope, ``--requests`` times per stage; each stage adds
+one part of the work and is timed with ``time.process_time()`` (all threads, so
+librdkafka's own threads count), until every entry is delivered:
+
+1. ``bare``: the app alone; 2. ``passthrough``: under an empty pure ASGI middleware;
+3. ``request_path``: under ``KafkaLogMiddleware`` with its buffer bound reached, so the
+   request path runs and nothing else (each entry is counted as dropped);
+4. ``publisher_native`` / ``publisher_python``: the whole background too (building and
+   encoding the entry, the publisher), handed to a producer that acknowledges at once;
+5. ``aiokafka`` / ``confluent``: the same, delivered to the broker.
+
+The serializer alone (``encode_entry`` per captured request) is timed as well. Rounds
+are interleaved; medians are reported.
+
+    python -m bench.breakdown --requests 30000   # writes bench/results/breakdown.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import uvloop
+
+from bench.apps import Passthrough, build
+from bench.common import (
+    closed_port,
+    discard,
+    environment,
+    git_commit,
+    has_module,
+    http_scope,
+    kafka_bootstrap,
+    median,
+    probe_confluent,
+    receive_request,
+    servers,
+    write_json,
+)
+from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, producers, serializer
+from kafka_log_middleware.capture import CapturedRequest
+from kafka_log_middleware.producers import Message, OnDone, Producer
+from kafka_log_middleware.types import ASGIApp
+
+SLICE = 16
+"""Requests driven between two yields to the event loop (the publisher's turn)."""
+WARM = 2000
+"""Requests per stage before the timed ones (caches, the producer's connection)."""
+
+
+class AckingProducer(Producer):
+    """A producer that acknowledges every message at once: the publisher's cost alone."""
+
+    async def _open(self) -> None:
+        pass
+
+    async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
+        on_done(len(messages), [], None)
+
+    async def _shutdown(self, timeout: float) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def acking_producers() -> Iterator[None]:
+    """Make the middleware's producer cache hand out ``AckingProducer``s."""
+    make = producers._make
+    producers._make = AckingProducer
+    try:
+        yield
+    finally:
+        producers._make = make
+
+
+async def _drive(app: ASGIApp, count: int) -> None:
+    for start in range(0, count, SLICE):
+        for _ in range(min(SLICE, count - start)):
+            await app(http_scope(), receive_request, discard)
+        await asyncio.sleep(0)
+
+
+async def _settled(middleware: KafkaLogMiddleware, left: int, timeout: float) -> None:
+    """Wait until at most ``left`` entries are pending (the flush timer lets them go)."""
+    deadline = time.monotonic() + timeout
+    # stats() is the middleware's only progress signal: poll it, bounded.
+    while middleware.stats()["pending"] > left:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"entries still pending after {timeout:g} s: {middleware.stats()}")
+        await asyncio.sleep(0.05)
+
+
+async def _stage(app: ASGIApp, middleware: KafkaLogMiddleware | None, count: int) -> float:
+    """CPU µs per request for ``count`` requests through ``app``, entries delivered."""
+    # The request-path stage keeps its single buffered entry pending for good.
+    left = 1 if middleware is not None and middleware.config.topic == "dropped" else 0
+    await _drive(app, WARM)
+    if middleware is not None:
+        await _settled(middleware, left, 60)
+    cpu = time.process_time()
+    await _drive(app, count)
+    if middleware is not None:
+        await _settled(middleware, left, 60)
+    used = time.process_time() - cpu
+    if middleware is not None:
+        stats = middleware.stats()
+        expected = "dropped" if left else "delivered"
+        if stats[expected] < count or (not left and stats["dropped"]):
+            raise RuntimeError(f"unexpected accounting: {stats}")
+        await middleware.aclose()
+    return used / count * 1e6
+
+
+def stages(bootstrap: str, confluent: bool) -> dict[str, Callable[[], tuple[ASGIApp, Any]]]:
+    """The stages in order: name → factory of (app, middleware or None)."""
+    up = KafkaLogConfig(
+        bootstrap_servers=servers(bootstrap), topic=f"bench-breakdown-{uuid.uuid4().hex[:8]}"
+    )
+
+    def logged(config: KafkaLogConfig) -> tuple[ASGIApp, Any]:
+        middleware = KafkaLogMiddleware(build("bare"), config)
+        return middleware, middleware
+
+    out: dict[str, Callable[[], tuple[ASGIApp, Any]]] = {
+        "bare": lambda: (build("bare"), None),
+        "passthrough": lambda: (Passthrough(build("bare")), None),
+        "request_path": lambda: logged(
+            KafkaLogConfig(
+                bootstrap_servers=(f"127.0.0.1:{closed_port()}",),
+                topic="dropped",
+                producer_async_buffering_limits_messages_in_memory=1,
+                shutdown_timeout=100,
+            )
+        ),
+        "publisher_native": lambda: logged(up.replace(topic="acked")),
+        "publisher_python": lambda: logged(up.replace(topic="acked", native_serializer=False)),
+        "aiokafka": lambda: logged(up),
+    }
+    if confluent:
+        out["confluent"] = lambda: logged(up.replace(producer_backend="confluent"))
+    return out
+
+
+def serializer_alone(count: int, native: bool) -> float:
+    """µs per ``encode_entry`` of a captured benchmark request."""
+    config = KafkaLogConfig(
+        bootstrap_servers=("127.0.0.1:9092",), topic="t", native_serializer=native
+    )
+    app = build("bare")
+
+    async def capture() -> list[CapturedRequest]:
+        out = []
+        for _ in range(count):
+            request = CapturedRequest(http_scope(), config, receive_request, discard)
+            await app(request.scope, request.receive, request.send)
+            request.detach()
+            out.append(request)
+        return out
+
+    requests = uvloop.run(capture())
+    cpu = time.process_time()
+    for request in requests:
+        serializer.encode_entry(request)
+    return (time.process_time() - cpu) / count * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time every stage ``--rounds`` times, interleaved; write ``breakdown.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=30_000, help="timed requests per stage")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per stage (default 3)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    env = environment()
+    runs: dict[str, list[float]] = {}
+    with kafka_bootstrap() as (bootstrap, broker, _pid):
+        note = None
+        if has_module("confluent_kafka"):
+            note = uvloop.run(probe_confluent(bootstrap, f"bench-probe-{uuid.uuid4().hex[:8]}"))
+        order = stages(bootstrap, note is None and has_module("confluent_kafka"))
+        for round_no in range(1, args.rounds + 1):
+            print(f"breakdown: round {round_no}/{args.rounds}", flush=True)
+            for name, make in order.items():
+                with (
+                    acking_producers()
+                    if name.startswith("publisher_")
+                    else contextlib.nullcontext()
+                ):
+                    app, middleware = make()
+                    us = uvloop.run(_stage(app, middleware, args.requests))
+                runs.setdefault(name, []).append(us)
+                print(f"  {name:18} {us:6.2f} µs/request", flush=True)
+    native_built = serializer._native is not None
+    alone = {"python": median([serializer_alone(5000, False) for _ in range(3)])}
+    if native_built:
+        alone["native"] = median([serializer_alone(20000, True) for _ in range(3)])
+    medians = {name: median(values) for name, values in runs.items()}
+    print("breakdown: medians (µs per request; + over bare)", flush=True)
+    for name, us in medians.items():
+        print(f"  {name:18} {us:6.2f}  (+{us - medians['bare']:.2f})", flush=True)
+    for kind, us in alone.items():
+        print(f"  encode_entry alone, {kind}: {us:.2f} µs", flush=True)
+    write_json(
+        "breakdown.json",
+        {
+            "environment": env | {"broker": broker, "commit_at_end": git_commit()},
+            "settings": vars(args) | {"slice": SLICE, "warm": WARM},
+            "native_built": native_built,
+            "medians_us": medians,
+            "runs_us": runs,
+            "serializer_alone_us": alone,
+            "elapsed_s": round(time.monotonic() - started, 1),
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
