@@ -64,7 +64,7 @@ class AckingProducer(Producer):
         pass
 
     async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
-        on_done(len(messages), [], None)
+        on_done(len(messages), [], None, False)
 
     async def _shutdown(self, timeout: float) -> None:
         pass

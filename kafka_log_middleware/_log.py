@@ -3,12 +3,20 @@
 A broker that is down for an hour must not produce a warning per request; each kind
 of warning is logged at most once per interval, with a count of the ones suppressed.
 Messages never include header values, passwords or entry contents.
+
+The Kafka client's own warnings about our producers are folded into the same voice:
+records of WARNING and above that its loggers emit on behalf of our producers become one
+rate-limited warning of ours (the client's loggers keep everything else, including the
+same client's warnings for other producers of the app).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
+from collections.abc import Iterator
 
 logger = logging.getLogger("kafka_log_middleware")
 
@@ -19,7 +27,13 @@ _last: dict[str, float] = {}
 _suppressed: dict[str, int] = {}
 
 
-def warn(kind: str, message: str, *args: object, exc_info: BaseException | None = None) -> None:
+def warn(
+    kind: str,
+    message: str,
+    *args: object,
+    exc_info: BaseException | None = None,
+    level: int = logging.WARNING,
+) -> None:
     """Log a warning of this ``kind`` unless one was logged less than ``INTERVAL`` ago."""
     now = time.monotonic()
     last = _last.get(kind)
@@ -31,10 +45,64 @@ def warn(kind: str, message: str, *args: object, exc_info: BaseException | None 
     if skipped:
         message += " (%d similar warnings suppressed)"
         args = (*args, skipped)
-    logger.warning(message, *args, exc_info=exc_info)
+    logger.log(level, message, *args, exc_info=exc_info)
 
 
 def reset() -> None:
     """Forget the rate-limit state (for tests)."""
     _last.clear()
     _suppressed.clear()
+
+
+# -- the Kafka client's loggers ----------------------------------------------------------
+
+_ours: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "kafka_log_middleware_client", default=False
+)
+"""Set while our producers run client code; tasks the client starts then inherit it."""
+_MAX_QUOTE = 300
+"""Longest part of a client's log message quoted in our warning."""
+
+
+@contextlib.contextmanager
+def our_client() -> Iterator[None]:
+    """Mark the client code run (and the tasks started) inside as our producers' own."""
+    token = _ours.set(True)
+    try:
+        yield
+    finally:
+        _ours.reset(token)
+
+
+class _ClientFilter(logging.Filter):
+    """Turns the client's warnings about our producers into our rate-limited one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not _ours.get():
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed record: still ours to fold, not to raise
+            text = str(record.msg)
+        warn(
+            "client:" + record.name.partition(".")[0],
+            "kafka_log_middleware: the Kafka client reports: %s",
+            text[:_MAX_QUOTE],
+        )
+        return False
+
+
+_FILTER = _ClientFilter()
+
+
+def tame_client_loggers(package: str) -> None:
+    """Add the filter to every logger of ``package`` (``aiokafka``) that exists by now.
+
+    Logger filters apply only to records created on that very logger, hence one per
+    module logger; modules imported later get theirs at the next producer start.
+    """
+    manager = logging.Logger.manager
+    for name, item in list(manager.loggerDict.items()):
+        mine = name == package or name.startswith(package + ".")
+        if mine and isinstance(item, logging.Logger) and _FILTER not in item.filters:
+            item.addFilter(_FILTER)

@@ -6,13 +6,23 @@ scopes pass through untouched. Lifespan startup starts the publisher (and the
 producer's connection); lifespan shutdown flushes and closes, within
 ``shutdown_timeout``. Apps that do not speak lifespan (Django's ASGI handler) get it
 spoken for them; servers that send none still work: the publisher starts with the
-first request, and ``await middleware.aclose()`` flushes.
+first request, and ``await middleware.aclose()`` flushes — or, if nobody does, the
+interpreter's exit does, within ``shutdown_timeout``.
+
+A bad configuration raises at construction, except when the middleware is built inside
+a running server (Starlette's ``add_middleware`` builds it lazily, on the first ASGI
+call): raising there would take the app down. Then lifespan startup fails with the
+error, and without lifespan the app is served unlogged, with a loud error per interval.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import logging
 import os
+import weakref
+from collections.abc import Mapping
 from typing import Any, Unpack
 
 from . import _log
@@ -45,35 +55,48 @@ class KafkaLogMiddleware:
         config_resolver: Resolver | None = None,
         **fields: Unpack[KafkaLogFields],
     ) -> None:
-        if config is None:
-            config = KafkaLogConfig(**fields)  # type: ignore[arg-type]
-        elif fields:
-            raise TypeError("give either config or its fields as keywords, not both")
-        elif not isinstance(config, KafkaLogConfig):
-            raise TypeError(f"config must be a KafkaLogConfig, not {type(config).__name__}")
-        if config_resolver is not None and not callable(config_resolver):
-            raise TypeError("config_resolver must be callable")
         self.app = app
-        self._config = config
         self._resolver = config_resolver
-        self._buffer = LogBuffer(config.producer_async_buffering_limits_messages_in_memory)
         self._publisher: Publisher | None = None
         self._pid = os.getpid()
+        self._exit_pid = 0
+        """The process whose exit flushes this middleware (see ``_exit``)."""
+        self._broken: Exception | None = None
+        """The configuration error, when built inside a server with a bad config."""
+        try:
+            config = _config_of(config, fields)
+            if config_resolver is not None and not callable(config_resolver):
+                raise TypeError("config_resolver must be callable")
+        except (TypeError, ValueError) as exc:
+            if not _inside_a_server():
+                raise
+            self._broken = exc
+            _log.logger.error("kafka_log_middleware: not logging, bad configuration: %s", exc)
+            config = None
+        self._config: KafkaLogConfig = config  # type: ignore[assignment]
+        limit = config.producer_async_buffering_limits_messages_in_memory if config else 1
+        self._buffer = LogBuffer(limit)
 
     def __repr__(self) -> str:
+        if self._broken is not None:
+            return "KafkaLogMiddleware(<bad configuration>)"
         return f"KafkaLogMiddleware({self._config!r})"
 
     @property
     def config(self) -> KafkaLogConfig:
         """The configuration in force for new requests."""
+        if self._broken is not None:
+            raise RuntimeError(f"kafka_log_middleware has no valid configuration: {self._broken}")
         return self._config
 
     # -- the request path -------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind != "http":
-            if kind == "lifespan":
+        if kind != "http" or self._broken is not None:
+            if self._broken is not None:
+                await self._serve_unlogged(scope, receive, send)
+            elif kind == "lifespan":
                 await self._lifespan(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
@@ -93,6 +116,18 @@ class KafkaLogMiddleware:
         finally:
             request.detach()
             self._buffer.put(request)
+
+    async def _serve_unlogged(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """With a bad configuration: fail the server's startup, or serve without logging."""
+        error = f"kafka_log_middleware: bad configuration: {self._broken}"
+        if scope["type"] == "lifespan":
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": error})
+                return
+        else:
+            _log.warn("broken", "%s; requests are served, not logged", error, level=logging.ERROR)
+        await self.app(scope, receive, send)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -114,10 +149,46 @@ class KafkaLogMiddleware:
                 "kafka_log_middleware: serving from a new event loop; "
                 "the previous loop's publisher is abandoned",
             )
+        if self._exit_pid != os.getpid():
+            self._exit_pid = os.getpid()
+            _flush_at_exit(self)
         self._publisher = Publisher(
             self._buffer, lambda: self._config, cache_for_running_loop(), self._resolver
         )
         self._publisher.start()
+
+    def _exit(self) -> None:
+        """At interpreter exit: flush what no lifespan shutdown or ``aclose()`` flushed.
+
+        The loop that served is usually closed by then (``asyncio.run``): a fresh one
+        takes over the entries not handed to Kafka yet; what its client held is counted
+        ``uncertain``, what cannot be delivered within ``shutdown_timeout`` ``shutdown``.
+        """
+        publisher, self._publisher = self._publisher, None
+        if publisher is None or self._pid != os.getpid() or not self._buffer.pending:
+            return
+        timeout = self._config.shutdown_timeout / 1000
+        loop = publisher.loop
+        if loop.is_running():  # still serving from another thread
+            future = asyncio.run_coroutine_threadsafe(publisher.close(timeout), loop)
+            try:
+                future.result(timeout + 1)
+            except Exception as exc:
+                _log.warn("exit", "kafka_log_middleware: flush at exit failed (%r)", exc)
+            return
+
+        async def take_over() -> None:
+            fresh = Publisher(
+                self._buffer, lambda: self._config, cache_for_running_loop(), self._resolver
+            )
+            fresh.take_over(publisher)
+            fresh.start()
+            await fresh.close(timeout)
+
+        if loop.is_closed():
+            asyncio.run(take_over())
+        else:  # stopped, not closed: its own tasks can finish the work
+            loop.run_until_complete(publisher.close(timeout))
 
     async def aclose(self) -> None:
         """Flush pending entries and close producers, within ``shutdown_timeout``.
@@ -175,28 +246,64 @@ class KafkaLogMiddleware:
         """Switch to a new config (or the current one with ``changes``) for new requests.
 
         Requests already captured keep the config they started with. A producer that no
-        config in force uses any more is flushed and closed.
+        config in force uses any more is flushed and closed. A middleware built with a
+        bad configuration starts logging once given a whole valid ``config``.
         """
         if config is None:
+            if self._broken is not None:
+                raise TypeError("no valid configuration to change: give a whole KafkaLogConfig")
             config = self._config.replace(**changes)
         elif changes:
             raise TypeError("give either config or changes as keywords, not both")
         elif not isinstance(config, KafkaLogConfig):
             raise TypeError(f"config must be a KafkaLogConfig, not {type(config).__name__}")
         self._config = config
+        self._broken = None
         self._buffer.limit = config.producer_async_buffering_limits_messages_in_memory
         publisher = self._publisher
         if publisher is not None and not publisher.loop.is_closed():
             publisher.loop.call_soon_threadsafe(self._buffer.wake)
 
     def stats(self) -> dict[str, int]:
-        """``enqueued``, ``delivered``, ``dropped``, ``pending``, ``buffered`` and
-        ``dropped_<reason>`` counts; ``enqueued == delivered + dropped + pending``."""
+        """``enqueued``, ``delivered``, ``dropped``, ``uncertain``, ``pending``,
+        ``buffered``, ``retried`` and ``dropped_<reason>`` counts;
+        ``enqueued == delivered + dropped + uncertain + pending``."""
         return self._buffer.stats()
 
     def producers(self) -> list[Producer]:
         """The Kafka producers this middleware currently holds."""
         return [] if self._publisher is None else self._publisher.producers()
+
+
+def _config_of(config: Any, fields: Mapping[str, Any]) -> KafkaLogConfig:
+    if config is None:
+        return KafkaLogConfig(**fields)
+    if fields:
+        raise TypeError("give either config or its fields as keywords, not both")
+    if not isinstance(config, KafkaLogConfig):
+        raise TypeError(f"config must be a KafkaLogConfig, not {type(config).__name__}")
+    return config
+
+
+def _inside_a_server() -> bool:
+    """True when called from a running event loop: a server building its app lazily."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _flush_at_exit(middleware: KafkaLogMiddleware) -> None:
+    """Register ``middleware``'s flush at interpreter exit, without keeping it alive."""
+    ref = weakref.ref(middleware)
+
+    def flush() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._exit()
+
+    atexit.register(flush)
 
 
 def find_middleware(app: Any) -> KafkaLogMiddleware | None:

@@ -1,10 +1,12 @@
 """The bounded buffer between the request path and the publisher, and its accounting.
 
 Every captured request is counted as enqueued; from then on it is pending until it is
-delivered (acknowledged by Kafka) or dropped with a reason. So at every moment
-``enqueued == delivered + dropped + pending``. The bound applies to pending entries
-(buffered, being encoded, or handed to Kafka and not yet acknowledged): memory stays
-bounded while Kafka is down, and the overflow is counted, never silent.
+delivered (acknowledged by Kafka), dropped with a reason, or given up as uncertain (it
+may have reached Kafka: its last attempt timed out, or it was in flight at shutdown). So
+at every moment ``enqueued == delivered + dropped + uncertain + pending``. The bound
+applies to pending entries (buffered, being encoded, or handed to Kafka and not yet
+acknowledged): memory stays bounded while Kafka is down, and the overflow is counted,
+never silent.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class LogBuffer:
         "drops",
         "enqueued",
         "limit",
+        "retried",
+        "settled",
+        "uncertain",
     )
 
     def __init__(self, limit: int) -> None:
@@ -49,8 +54,14 @@ class LogBuffer:
         self._wake_at = 1
         self._full_warn_at = 0.0
         self.enqueued = 0
+        self.settled = 0
+        """Entries delivered, dropped or uncertain: no longer pending."""
         self.delivered = 0
         self.dropped = 0
+        self.uncertain = 0
+        self.retried = 0
+        """Entries sent again after an attempt that may have reached Kafka (so they may be
+        there twice); informational, not a final state."""
         self.drops = dict.fromkeys(DROP_REASONS, 0)
 
     def __len__(self) -> int:
@@ -58,14 +69,15 @@ class LogBuffer:
 
     @property
     def pending(self) -> int:
-        """Entries neither delivered nor dropped yet."""
-        return self.enqueued - self.delivered - self.dropped
+        """Entries neither delivered, dropped nor uncertain yet."""
+        return self.enqueued - self.settled
 
     def put(self, item: CapturedRequest) -> None:
         """Append one entry (the request path's only call); drops it when the bound is reached."""
         self.enqueued += 1
-        if self.enqueued - self.delivered - self.dropped > self.limit:
+        if self.enqueued - self.settled > self.limit:
             # Kafka is down or slow and every request lands here: count, warn seldom.
+            self.settled += 1
             self.dropped += 1
             self.drops["buffer_full"] += 1
             now = _monotonic()
@@ -125,24 +137,43 @@ class LogBuffer:
 
     def deliver(self, count: int) -> None:
         """Count ``count`` entries as acknowledged by Kafka."""
+        self.settled += count
         self.delivered += count
 
     def drop(self, reason: str, count: int) -> None:
         """Count ``count`` entries as dropped for ``reason`` (one of ``DROP_REASONS``)."""
+        self.settled += count
         self.dropped += count
         self.drops[reason] += count
         _log.warn(
             "drop:" + reason, "kafka_log_middleware: dropped %d log entries (%s)", count, reason
         )
 
+    def give_up_uncertain(self, count: int) -> None:
+        """Count ``count`` entries as given up although they may have reached Kafka."""
+        self.settled += count
+        self.uncertain += count
+        _log.warn(
+            "uncertain",
+            "kafka_log_middleware: gave up on %d log entries that may or may not have "
+            "reached Kafka (their last attempt was not acknowledged)",
+            count,
+        )
+
+    def count_retried(self, count: int) -> None:
+        """Count ``count`` entries sent again after an attempt that may have reached Kafka."""
+        self.retried += count
+
     def stats(self) -> dict[str, int]:
-        """Counters as a dict; ``enqueued == delivered + dropped + pending`` holds."""
+        """Counters as a dict; ``enqueued == delivered + dropped + uncertain + pending``."""
         stats = {
             "enqueued": self.enqueued,
             "delivered": self.delivered,
             "dropped": self.dropped,
+            "uncertain": self.uncertain,
             "pending": self.pending,
             "buffered": len(self._items),
+            "retried": self.retried,
         }
         for reason, count in self.drops.items():
             stats["dropped_" + reason] = count

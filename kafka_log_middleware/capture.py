@@ -4,6 +4,11 @@ Nothing here builds the Kong entry: a :class:`CapturedRequest` only records what
 the ASGI messages say, with timestamps, and is handed to the buffer when the
 response is complete. The serializer turns it into a Kong entry later, in the
 background.
+
+The facts are what the client got, as far as a middleware can know it: only the first
+``http.response.start`` counts (the server refuses another), nothing the app sends
+after the client has gone (an ``http.disconnect`` from ``receive``, or an ``OSError``
+from a spec-2.4 server's ``send``) nor after the last body message.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ if TYPE_CHECKING:
 
 _perf = time.perf_counter
 _wall = time.time
+_SILENT_SENDS = frozenset({None, "2.0", "2.1", "2.2", "2.3"})
+"""ASGI spec versions whose servers discard a send after a disconnect, silently; from
+2.4 on, such a send raises ``OSError``, and the middleware watches for it."""
 
 
 class CapturedRequest:
@@ -31,6 +39,7 @@ class CapturedRequest:
     __slots__ = (
         "_receive",
         "_send",
+        "_watch_sends",
         "body_read",
         "body_sent",
         "client_gone",
@@ -71,7 +80,8 @@ class CapturedRequest:
     raised: bool
     """True when the app raised an exception."""
     client_gone: bool
-    """True when the server reported ``http.disconnect`` before the response ended."""
+    """True when the client left before the response ended (``http.disconnect`` from
+    ``receive``, an ``OSError`` from ``send``, or the request cancelled)."""
 
     def __init__(self, scope: Scope, config: KafkaLogConfig, receive: Receive, send: Send) -> None:
         self.t_start = _perf()
@@ -89,6 +99,8 @@ class CapturedRequest:
         self.t_end = 0.0
         self.raised = False
         self.client_gone = False
+        asgi = scope.get("asgi")
+        self._watch_sends = (asgi.get("spec_version") if asgi else None) not in _SILENT_SENDS
 
     async def receive(self) -> Message:
         """Pass ``receive`` through, counting request body bytes and disconnects."""
@@ -96,28 +108,55 @@ class CapturedRequest:
         if message["type"] == "http.request":
             self.body_read += len(message.get("body", b""))
         elif message["type"] == "http.disconnect" and not self.t_end:
-            self.client_gone = True
+            self._gone()
         return message
+
+    def _gone(self) -> None:
+        # nginx ends the request when it learns the client left.
+        self.client_gone = True
+        self.t_end = _perf()
 
     def send(self, message: Message) -> Awaitable[None]:
         """Pass ``send`` through, recording status, headers, body size and timings.
 
         A plain function returning the server's awaitable, not a coroutine: the app
-        awaits the server's ``send`` directly, without an extra frame per message.
+        awaits the server's ``send`` directly, without an extra frame per message
+        (except on spec-2.4 servers, whose ``send`` may raise when the client has gone).
         """
+        if self.t_end:  # the client has gone, or the response is complete
+            return self._send(message)
         kind = message["type"]
         if kind == "http.response.body":
             self.body_sent += len(message.get("body", b""))
             if not message.get("more_body", False):
                 self.t_end = _perf()
         elif kind == "http.response.start":
+            if self.status:  # the server refuses a second one
+                return self._send(message)
             self.t_response = _perf()
             self.status = message["status"]
             self.response_headers = message.get("headers", ())
         elif kind == "http.response.pathsend":
             self.file_path = message["path"]
             self.t_end = _perf()
+        if self._watch_sends:
+            return self._watched_send(message)
         return self._send(message)
+
+    async def _watched_send(self, message: Message) -> None:
+        """Send; an ``OSError`` means the client has gone and this message never left."""
+        try:
+            await self._send(message)
+        except OSError:
+            kind = message["type"]
+            if kind == "http.response.body":
+                self.body_sent -= len(message.get("body", b""))
+            elif kind == "http.response.start":
+                self.status, self.t_response, self.response_headers = 0, 0.0, ()
+            elif kind == "http.response.pathsend":
+                self.file_path = None
+            self._gone()
+            raise
 
     def detach(self) -> None:
         """Drop the references to the server's callables once the request is over."""

@@ -18,7 +18,7 @@ from typing import Any
 import confluent_kafka
 
 from .config import KafkaLogConfig
-from .producers import Message, OnDone, Producer
+from .producers import Failure, Message, OnDone, Producer, Verdict
 
 _POLL_INTERVAL = 0.005
 """Seconds between two polls for delivery reports while messages are in flight."""
@@ -51,6 +51,9 @@ def librdkafka_options(config: KafkaLogConfig) -> dict[str, Any]:
         + config.producer_request_limits_messages_per_request,
         "queue.buffering.max.kbytes": 2097151,
         "enable.idempotence": False,
+        # Every re-send is the publisher's, which knows when one may duplicate an entry
+        # (a request that timed out may have been written) and counts it.
+        "retries": 0,
         # Java's (and aiokafka's) key hashing, so both backends put a key on one partition.
         "partitioner": "murmur2_random",
         # Connection trouble is reported by our own rate-limited warnings, not per attempt.
@@ -109,11 +112,19 @@ class ConfluentProducer(Producer):
             try:
                 queued = self._producer.produce_batch(topic, batch, on_delivery=report.delivered)
             except (BufferError, confluent_kafka.KafkaException, TypeError) as exc:
-                report.failed(fitting[start:], exc)
+                report.failed(fitting[start:], _refusal(exc))
                 return
             if queued < len(batch):  # librdkafka marks the ones it refused
                 refused = [m for m, d in zip(chunk, batch, strict=True) if "_error" in d]
-                report.failed(refused, confluent_kafka.KafkaException(_batch_error(batch)))
+                report.failed(refused, failure_of(_batch_error(batch)))
+
+    def withdraw(self) -> list[tuple[str, list[Message], OnDone]]:
+        """Purge what librdkafka has not sent yet; its reports say so (nothing returned)."""
+        producer = self._producer
+        if producer is not None:
+            producer.purge(in_queue=True, in_flight=False, blocking=False)
+            producer.poll(0)  # the purged messages' reports, now, on this thread
+        return []
 
     async def _shutdown(self, timeout: float) -> None:
         producer, self._producer = self._producer, None
@@ -146,20 +157,23 @@ class _BatchReport:
         self._owner = owner
         self._waiting = count
         self._delivered = 0
-        self._failed: list[tuple[Message, BaseException]] = []
+        self._failed: dict[Any, tuple[Failure, list[Message]]] = {}
 
     def delivered(self, error: Any, message: Any) -> None:
         """librdkafka's delivery report for one message."""
         if error is None:
             self._delivered += 1
         else:
-            failed = (message.key(), message.value())
-            self._failed.append((failed, confluent_kafka.KafkaException(error)))
+            code = error.code()
+            group = self._failed.get(code)
+            if group is None:
+                group = self._failed[code] = (failure_of(error), [])
+            group[1].append((message.key(), message.value()))
         self._settle(1)
 
-    def failed(self, messages: list[Message], error: BaseException) -> None:
+    def failed(self, messages: list[Message], failure: Failure) -> None:
         """Messages librdkafka would not take."""
-        self._failed.extend((message, error) for message in messages)
+        self._failed.setdefault(failure.cause, (failure, []))[1].extend(messages)
         self._settle(len(messages))
 
     def _settle(self, count: int) -> None:
@@ -168,41 +182,57 @@ class _BatchReport:
         if self._waiting:
             return
         if self._delivered:
-            self._on_done(self._delivered, [], None)
-        by_code: dict[Any, tuple[BaseException, list[Message]]] = {}
-        for message, error in self._failed:
-            code = _code(error)
-            by_code.setdefault(code, (error, []))[1].append(message)
-        for error, messages in by_code.values():
-            self._on_done(0, messages, _retriable_error(error))
+            self._on_done(self._delivered, [], None, False)
+        for failure, messages in self._failed.values():
+            self._on_done(0, messages, failure, False)
 
 
-def _code(error: BaseException) -> Any:
-    kafka_error = error.args[0] if error.args else None
-    if isinstance(kafka_error, confluent_kafka.KafkaError):
-        return kafka_error.code()
-    return type(error)
-
-
-def _retriable_error(error: BaseException) -> BaseException:
-    """Mark librdkafka errors the way the publisher reads aiokafka's (``retriable``)."""
-    kafka_error = error.args[0] if error.args else None
-    retriable = isinstance(error, BufferError) or bool(
-        isinstance(kafka_error, confluent_kafka.KafkaError)
-        and (kafka_error.retriable() or kafka_error.code() in _TIMEOUTS)
-    )
-    error.retriable = retriable  # type: ignore[attr-defined]
-    return error
-
-
-_TIMEOUTS = frozenset(
+_MAYBE_WRITTEN = frozenset(
     {
-        confluent_kafka.KafkaError._MSG_TIMED_OUT,
+        confluent_kafka.KafkaError._MSG_TIMED_OUT,  # in the queue, or in flight: unknown
         confluent_kafka.KafkaError._TIMED_OUT,
         confluent_kafka.KafkaError._TRANSPORT,
-        confluent_kafka.KafkaError._ALL_BROKERS_DOWN,
+        confluent_kafka.KafkaError._PURGE_INFLIGHT,
+        confluent_kafka.KafkaError.REQUEST_TIMED_OUT,
+        confluent_kafka.KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
     }
 )
+"""Errors after which the message may be in Kafka (librdkafka's idempotence is off)."""
+_TOO_LARGE = frozenset(
+    {
+        confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
+        confluent_kafka.KafkaError.RECORD_LIST_TOO_LARGE,
+    }
+)
+_RETRY = _MAYBE_WRITTEN | {
+    confluent_kafka.KafkaError._ALL_BROKERS_DOWN,
+    confluent_kafka.KafkaError._QUEUE_FULL,
+    confluent_kafka.KafkaError._PURGE_QUEUE,
+    confluent_kafka.KafkaError._TIMED_OUT_QUEUE,
+}
+
+
+def failure_of(error: Any) -> Failure:
+    """librdkafka's error for a message (a ``KafkaError``), in the producers' vocabulary."""
+    if not isinstance(error, confluent_kafka.KafkaError):
+        return Failure(Verdict.FATAL, type(error).__name__)
+    code = error.code()
+    if code in _TOO_LARGE:
+        verdict = Verdict.TOO_LARGE
+    elif code in _RETRY or (error.retriable() and not error.fatal()):
+        verdict = Verdict.RETRY
+    else:
+        verdict = Verdict.FATAL
+    return Failure(verdict, error.name(), code in _MAYBE_WRITTEN)
+
+
+def _refusal(exc: BaseException) -> Failure:
+    """``produce_batch`` raising: librdkafka took none of the chunk."""
+    if isinstance(exc, BufferError):  # its queue is full: later, perhaps
+        return Failure(Verdict.RETRY, "BufferError")
+    if isinstance(exc, confluent_kafka.KafkaException) and exc.args:
+        return failure_of(exc.args[0])
+    return Failure(Verdict.FATAL, type(exc).__name__)
 
 
 def _batch_error(batch: list[dict[str, Any]]) -> Any:

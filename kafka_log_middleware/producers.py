@@ -10,33 +10,57 @@ while the broker is unreachable.
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import random
 import weakref
-from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
-
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import ProducerClosed
-from aiokafka.partitioner import DefaultPartitioner
 
 from . import _log
 from .config import KafkaLogConfig
 
 Message = tuple[bytes | None, bytes]
 """An encoded Kafka message: (key, value)."""
-OnDone = Callable[[int, list[Message], BaseException | None], None]
-"""Delivery report: ``(acknowledged count, failed messages, their error)``."""
 
 SLICE_SECONDS = 0.0005
 """Longest background work runs before it yields to the event loop (requests go first)."""
 _RECONNECT_MAX = 5.0
-_partition_for_key = DefaultPartitioner()
 
 
-class MessageTooLarge(Exception):
-    """An entry is larger than ``producer_request_limits_bytes_per_request``: never sent."""
+class Verdict(enum.Enum):
+    """What the publisher should do with messages a producer could not deliver."""
+
+    RETRY = "retry"
+    """Not delivered this time; another attempt may succeed."""
+    SPLIT = "split"
+    """The broker refused the batch as too large: retry it in halves."""
+    TOO_LARGE = "too_large"
+    """Each of these messages alone exceeds a size limit: it can never be delivered."""
+    FATAL = "fatal"
+    """Refused for good (authorization, invalid topic, …)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a producer could not deliver some messages, in words every backend shares."""
+
+    verdict: Verdict
+    cause: str
+    """The client's name for the error (for warnings; never message contents)."""
+    maybe_written: bool = False
+    """An attempt may have reached Kafka (a request timed out or a connection broke with
+    it in flight): the messages may be there, and another attempt may duplicate them."""
+
+
+OnDone = Callable[[int, list[Message], Failure | None, bool], None]
+"""Delivery report: ``(delivered count, failed messages, why they failed, resent)``;
+``resent``: the client itself re-sent the delivered ones after an attempt that may have
+reached Kafka, so they may be there twice."""
+
+CLOSED = Failure(Verdict.RETRY, "ProducerClosed")
+"""Messages a producer never handed to its client before it closed."""
 
 
 class Producer:
@@ -44,7 +68,7 @@ class Producer:
 
     Connects in the background (retrying with backoff), sends batches of encoded
     messages, reports each delivery through a callback, and closes once. Backends
-    implement ``_open``, ``send`` and ``_shutdown``.
+    implement ``_open``, ``send``, ``withdraw`` and ``_shutdown``.
     """
 
     def __init__(self, config: KafkaLogConfig) -> None:
@@ -116,6 +140,14 @@ class Producer:
         """
         raise NotImplementedError
 
+    def withdraw(self) -> list[tuple[str, list[Message], OnDone]]:
+        """Take back the messages not handed to the client yet, without reporting them.
+
+        What the client holds already (librdkafka's queue, aiokafka's batches) stays
+        there: it may reach Kafka.
+        """
+        return []
+
     def _fitting(self, messages: Sequence[Message], on_done: OnDone) -> list[Message]:
         """The messages within the size limit; the others are reported as too large."""
         limit = self._max_size
@@ -126,7 +158,7 @@ class Producer:
             size = len(value) + (0 if key is None else len(key))
             (fitting if size <= limit else too_large).append(message)
         if too_large:
-            on_done(0, too_large, MessageTooLarge())
+            on_done(0, too_large, _TOO_LARGE, False)
         return fitting
 
     async def close(self, timeout: float) -> None:
@@ -141,132 +173,7 @@ class Producer:
         raise NotImplementedError
 
 
-class AiokafkaProducer(Producer):
-    """The default backend: an ``aiokafka.AIOKafkaProducer`` fed with its batch API.
-
-    ``send`` only queues: a sender task of its own feeds aiokafka, whose ``send_batch``
-    waits while the previous batch of a partition is in flight. So Kafka's pace never
-    holds up the publisher, which keeps encoding meanwhile.
-    """
-
-    def __init__(self, config: KafkaLogConfig) -> None:
-        super().__init__(config)
-        self._options = config.aiokafka_options()
-        self._ack_timeout = config.producer_request_timeout
-        self._producer: Any = None
-        self._queue: deque[tuple[str, list[Message], OnDone]] = deque()
-        self._queued = asyncio.Event()
-        self._sender: asyncio.Task[None] | None = None
-
-    async def _open(self) -> None:
-        producer = AIOKafkaProducer(**self._options)
-        # Kong's producer_request_timeout is the produce request's own timeout (how long
-        # the broker waits for acks). aiokafka sends its sender's request_timeout_ms
-        # there and nowhere else; the client's wait stays `timeout`.
-        producer._sender._request_timeout_ms = self._ack_timeout
-        try:
-            await producer.start()
-        except BaseException:
-            await _stop_quietly(producer, self._backoff)
-            raise
-        self._producer = producer
-        self._sender = asyncio.get_running_loop().create_task(
-            self._send_forever(), name="kafka-log-send"
-        )
-
-    async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
-        """Queue ``messages`` for the sender task (see ``Producer.send``); never waits."""
-        fitting = self._fitting(messages, on_done)
-        if fitting:
-            self._queue.append((topic, fitting, on_done))
-            self._queued.set()
-
-    async def _send_forever(self) -> None:
-        while True:
-            while self._queue:
-                topic, messages, on_done = self._queue.popleft()
-                try:
-                    await self._send_now(topic, messages, on_done)
-                except Exception as exc:  # no metadata for the topic in time
-                    on_done(0, messages, exc)
-            self._queued.clear()
-            await self._queued.wait()
-
-    async def _send_now(self, topic: str, messages: list[Message], on_done: OnDone) -> None:
-        """Hand ``messages`` to aiokafka in batches, one per partition."""
-        producer = self._producer
-        partitions = sorted(await producer.partitions_for(topic))
-        available = list(producer.client.cluster.available_partitions_for_topic(topic) or ())
-        groups: dict[int, list[Message]] = {}
-        # Unkeyed entries stick to one partition per call, as Kafka's sticky partitioner does.
-        unkeyed = _partition_for_key(None, partitions, available)
-        for message in messages:
-            key = message[0]
-            part = unkeyed if key is None else _partition_for_key(key, partitions, available)
-            groups.setdefault(part, []).append(message)
-        for partition, group in groups.items():
-            await self._send_partition(topic, partition, group, on_done)
-
-    async def _send_partition(
-        self, topic: str, partition: int, group: list[Message], on_done: OnDone
-    ) -> None:
-        producer = self._producer
-        start = 0
-        while start < len(group):
-            batch = producer.create_batch()
-            end = start
-            while end < len(group):
-                key, value = group[end]
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    break
-                end += 1
-            end = max(end, start + 1)  # a batch always takes its first message
-            batch.close()
-            sent = group[start:end]
-            try:
-                future = await producer.send_batch(batch, topic, partition=partition)
-            except Exception as exc:  # no room in time, or the producer closed
-                on_done(0, group[start:], exc)
-                return
-            future.add_done_callback(_reporter(sent, on_done))
-            start = end
-
-    async def _shutdown(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(timeout, 0.01)
-        # Let the sender hand over what is queued; polling briefly at shutdown is simplest.
-        while self._queue and self._sender is not None and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-        if self._sender is not None:
-            self._sender.cancel()
-            await asyncio.gather(self._sender, return_exceptions=True)
-        for _, messages, on_done in self._queue:
-            on_done(0, messages, ProducerClosed())
-        self._queue.clear()
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await _stop_quietly(producer, max(deadline - loop.time(), 0.01))
-
-
-def _reporter(sent: list[Message], on_done: OnDone) -> Callable[[asyncio.Future[Any]], None]:
-    def report(future: asyncio.Future[Any]) -> None:
-        error = asyncio.CancelledError() if future.cancelled() else future.exception()
-        if error is None:
-            on_done(len(sent), [], None)
-        else:
-            on_done(0, sent, error)
-
-    return report
-
-
-async def _stop_quietly(producer: Any, timeout: float) -> None:
-    """Stop an aiokafka producer within ``timeout`` (it can hang while the broker is down)."""
-    try:
-        await asyncio.wait_for(producer.stop(), max(timeout, 0.01))
-    except Exception as exc:
-        _log.warn(
-            "close", "kafka_log_middleware: producer did not close cleanly (%s)", type(exc).__name__
-        )
+_TOO_LARGE = Failure(Verdict.TOO_LARGE, "producer_request_limits_bytes_per_request")
 
 
 def _make(config: KafkaLogConfig) -> Producer:
@@ -274,6 +181,8 @@ def _make(config: KafkaLogConfig) -> Producer:
         from .confluent import ConfluentProducer
 
         return ConfluentProducer(config)
+    from .aiokafka_backend import AiokafkaProducer
+
     return AiokafkaProducer(config)
 
 

@@ -7,8 +7,11 @@ buffer of captured requests stays small even while Kafka is down: what waits is 
 bytes that the garbage collector need not scan. An outbox is handed to its producer,
 once connected, when it holds a batch (``producer_request_limits_messages_per_request``)
 or its oldest entry has waited ``producer_async_flush_timeout`` (Kong's flush timer).
-Each entry ends delivered or dropped with a reason (see ``buffer.py``); failed batches
-are retried with backoff up to ``producer_request_retries_max_attempts`` times.
+Each entry ends delivered, dropped with a reason, or uncertain (see ``buffer.py``);
+failed batches are retried with backoff up to ``producer_request_retries_max_attempts``
+times. A retry after an attempt that may have reached Kafka may duplicate its entries:
+those are counted as ``retried``, and entries given up after such an attempt as
+``uncertain``, never as dropped.
 """
 
 from __future__ import annotations
@@ -20,19 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
-
 from . import _log
 from .buffer import LogBuffer
 from .capture import CapturedRequest
 from .config import KafkaLogConfig
 from .producers import (
+    CLOSED,
     SLICE_SECONDS,
+    Failure,
     Message,
-    MessageTooLarge,
     OnDone,
     Producer,
     ProducerCache,
+    Verdict,
 )
 from .serializer import encode_entry, message_key
 
@@ -54,8 +57,11 @@ class _Use:
     """A producer this publisher holds, with its batches awaiting acknowledgement."""
 
     producer: Producer
+    config: KafkaLogConfig
+    """A config with this producer's settings (to make the producer again elsewhere)."""
     grace: float
     in_flight: int = 0
+    """Entries handed to the producer and not reported yet."""
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -76,6 +82,8 @@ class _Retry:
     messages: list[Message]
     attempt: int
     due: float
+    maybe_written: bool = False
+    """An earlier attempt may have reached Kafka (and the entries are counted retried)."""
 
 
 class Publisher:
@@ -115,7 +123,9 @@ class Publisher:
     async def close(self, timeout: float) -> None:
         """Send what is buffered, wait for acknowledgements, close producers; at most ``timeout`` s.
 
-        What is still pending when the time is up is counted as dropped (``shutdown``).
+        What is still pending when the time is up is counted: as ``uncertain`` when it may
+        have reached Kafka (handed to the client, unacknowledged), else as dropped
+        (``shutdown``).
         """
         deadline = time.monotonic() + timeout
         self._stopping = True
@@ -141,12 +151,49 @@ class Publisher:
         await self._cache.wait_closed()
 
     def _give_up_pending(self) -> None:
+        self._stopping = True
+        for use in self._uses.values():
+            for _, messages, on_done in use.producer.withdraw():
+                on_done(0, messages, CLOSED, False)  # never sent: counted dropped below
         self._accounting_closed = True
+        maybe_written = self._in_flight() + sum(
+            len(retry.messages) for retry in self._retries if retry.maybe_written
+        )
         self.buffer.drain_all()
         self._outboxes.clear()
         self._retries.clear()
+        if maybe_written:
+            self.buffer.give_up_uncertain(maybe_written)
         if self.buffer.pending:
             self.buffer.drop("shutdown", self.buffer.pending)
+
+    def take_over(self, old: Publisher) -> None:
+        """Send from this loop what ``old``, whose event loop is gone, had not sent yet.
+
+        Its outboxes, retries and the batches its producers had not given their clients
+        are taken over; what those clients hold may reach Kafka or not: ``uncertain``.
+        The buffer is shared already.
+        """
+        for use in old._uses.values():
+            for topic, messages, _ in use.producer.withdraw():
+                use.in_flight -= len(messages)
+                self._retries.append(_Retry(self._use(use.config), topic, messages, 1, 0.0))
+        old._accounting_closed = True
+        for box in old._outboxes.values():
+            if box.messages:
+                use = self._use(box.use.config)
+                self._retries.append(_Retry(use, box.topic, box.messages, 1, 0.0))
+        for retry in old._retries:
+            use = self._use(retry.use.config)
+            self._retries.append(
+                _Retry(use, retry.topic, retry.messages, retry.attempt, 0.0, retry.maybe_written)
+            )
+        in_flight = old._in_flight()
+        old._outboxes.clear()
+        old._retries.clear()
+        old._uses.clear()
+        if in_flight:
+            self.buffer.give_up_uncertain(in_flight)
 
     def _in_flight(self) -> int:
         return sum(use.in_flight for use in self._uses.values())
@@ -288,57 +335,91 @@ class Publisher:
             return None
 
     async def _hand_over(
-        self, use: _Use, topic: str, messages: list[Message], attempt: int
+        self,
+        use: _Use,
+        topic: str,
+        messages: list[Message],
+        attempt: int,
+        maybe_written: bool = False,
     ) -> None:
         """Give ``messages`` to their (connected) producer; failures are retried."""
         use.in_flight += len(messages)
         use.last_used = time.monotonic()
-        on_done = self._on_done_for(use, topic, attempt)
+        on_done = self._on_done_for(use, topic, attempt, maybe_written)
         try:
             await use.producer.send(topic, messages, on_done)
         except Exception as exc:  # a backend failing outright: count, never lose
-            on_done(0, messages, exc)
+            on_done(0, messages, Failure(Verdict.RETRY, type(exc).__name__), False)
 
-    def _on_done_for(self, use: _Use, topic: str, attempt: int) -> OnDone:
-        def on_done(acked: int, messages: list[Message], error: BaseException | None) -> None:
-            use.in_flight -= acked + len(messages)
+    def _on_done_for(self, use: _Use, topic: str, attempt: int, maybe_written: bool) -> OnDone:
+        """The delivery report of one attempt; ``maybe_written``: an earlier attempt of
+        these messages may have reached Kafka (and they are counted as retried)."""
+
+        def on_done(
+            delivered: int, failed: list[Message], failure: Failure | None, resent: bool
+        ) -> None:
+            use.in_flight -= delivered + len(failed)
             if self._accounting_closed:
                 return
-            if acked:
-                self.buffer.deliver(acked)
-            if not messages:
-                return
-            if isinstance(error, MessageSizeTooLargeError) and len(messages) > 1:
-                # The broker refuses the whole batch; split it, as Kafka's Java client does,
-                # so one oversized entry does not take its neighbours down with it.
-                half = len(messages) // 2
-                now = time.monotonic()
-                for part in (messages[half:], messages[:half]):
-                    self._retries.appendleft(_Retry(use, topic, part, attempt, now))
-                use.in_flight += len(messages)
-                self.buffer.wake()
-                return
-            config = self._config()
-            if (
-                _retriable(error)
-                and attempt < config.producer_request_retries_max_attempts
-                and not self._stopping
-            ):
-                due = time.monotonic() + config.producer_request_retries_backoff_timeout / 1000
-                self._retries.append(_Retry(use, topic, messages, attempt + 1, due))
-                use.in_flight += len(messages)  # still this producer's to deliver
-                self.buffer.wake()
-                return
-            reason = "too_large" if isinstance(error, MessageTooLarge) else "kafka_error"
-            self.buffer.drop(reason, len(messages))
-            _log.warn(
-                "deliver",
-                "kafka_log_middleware: Kafka delivery failed after %d attempt(s): %s",
-                attempt,
-                type(error).__name__,
-            )
+            if delivered:
+                self.buffer.deliver(delivered)
+                if resent and not maybe_written:  # the client re-sent them itself
+                    self.buffer.count_retried(delivered)
+            if failed and failure is not None:
+                self._failed(use, topic, attempt, failed, failure, maybe_written)
 
         return on_done
+
+    def _failed(
+        self,
+        use: _Use,
+        topic: str,
+        attempt: int,
+        messages: list[Message],
+        failure: Failure,
+        counted: bool,
+    ) -> None:
+        """Retry, split or give up ``messages``; ``counted``: already counted as retried."""
+        maybe_written = counted or failure.maybe_written
+        verdict = failure.verdict
+        if verdict is Verdict.SPLIT and len(messages) > 1:
+            # The broker refuses the whole batch; split it, as Kafka's Java client does,
+            # so one oversized entry does not take its neighbours down with it.
+            half = len(messages) // 2
+            now = time.monotonic()
+            for part in (messages[half:], messages[:half]):
+                self._retries.appendleft(_Retry(use, topic, part, attempt, now, maybe_written))
+            self._retried(messages, maybe_written and not counted)
+            return
+        config = self._config()
+        if (
+            verdict is Verdict.RETRY
+            and attempt < config.producer_request_retries_max_attempts
+            and not self._stopping
+        ):
+            due = time.monotonic() + config.producer_request_retries_backoff_timeout / 1000
+            self._retries.append(_Retry(use, topic, messages, attempt + 1, due, maybe_written))
+            self._retried(messages, maybe_written and not counted)
+            return
+        if maybe_written:
+            self.buffer.give_up_uncertain(len(messages))
+        elif verdict in (Verdict.TOO_LARGE, Verdict.SPLIT):
+            self.buffer.drop("too_large", len(messages))
+        elif verdict is Verdict.RETRY and self._stopping:
+            self.buffer.drop("shutdown", len(messages))
+        else:
+            self.buffer.drop("kafka_error", len(messages))
+        _log.warn(
+            "deliver",
+            "kafka_log_middleware: Kafka delivery failed after %d attempt(s): %s",
+            attempt,
+            failure.cause,
+        )
+
+    def _retried(self, messages: list[Message], count: bool) -> None:
+        if count:
+            self.buffer.count_retried(len(messages))
+        self.buffer.wake()
 
     async def _send_due_retries(self) -> None:
         now = time.monotonic()
@@ -348,8 +429,9 @@ class Publisher:
             if not retry.use.producer.ready or (retry.due > now and not self._stopping):
                 waiting.append(retry)
                 continue
-            retry.use.in_flight -= len(retry.messages)
-            await self._hand_over(retry.use, retry.topic, retry.messages, retry.attempt)
+            await self._hand_over(
+                retry.use, retry.topic, retry.messages, retry.attempt, retry.maybe_written
+            )
         waiting.extend(self._retries)  # those added meanwhile
         self._retries = waiting
 
@@ -365,7 +447,7 @@ class Publisher:
                 if key == current.producer_key()
                 else config.keepalive
             ) / 1000
-            use = self._uses[key] = _Use(self._cache.acquire(config), grace)
+            use = self._uses[key] = _Use(self._cache.acquire(config), config, grace)
         return use
 
     def _release_in(self, config: KafkaLogConfig) -> float | None:
@@ -392,10 +474,6 @@ class Publisher:
                 continue
             del self._uses[key]
             self._cache.release(use.producer, config.shutdown_timeout / 1000)
-
-
-def _retriable(error: BaseException | None) -> bool:
-    return bool(getattr(error, "retriable", False)) or isinstance(error, KafkaTimeoutError)
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

@@ -294,6 +294,10 @@ async def test_buffer_bound_drops_and_counts(caplog: pytest.LogCaptureFixture) -
     assert stats["pending"] == 0 and stats["dropped_shutdown"] == 5
 
 
+SPEC_2_3 = {"version": "3.0", "spec_version": "2.3"}
+"""uvicorn's ASGI spec version: a send after a disconnect is discarded silently."""
+
+
 async def test_send_hands_the_app_the_servers_own_awaitable() -> None:
     """No extra coroutine frame per ASGI message: the app awaits the server's send."""
     sent: list[Message] = []
@@ -304,7 +308,8 @@ async def test_send_hands_the_app_the_servers_own_awaitable() -> None:
     async def receive() -> Message:
         return {"type": "http.disconnect"}
 
-    captured = CapturedRequest(http_scope("/"), offline_config(), receive, server_send)
+    scope = http_scope("/", asgi=SPEC_2_3)
+    captured = CapturedRequest(scope, offline_config(), receive, server_send)
     awaitable = captured.send({"type": "http.response.start", "status": 204, "headers": []})
     assert awaitable.cr_code is server_send.__code__  # type: ignore[attr-defined]
     await awaitable

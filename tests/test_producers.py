@@ -14,11 +14,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
-from kafka_log_middleware.producers import (
-    AiokafkaProducer,
-    ProducerCache,
-    cache_for_running_loop,
-)
+from kafka_log_middleware.aiokafka_backend import AiokafkaProducer
+from kafka_log_middleware.producers import ProducerCache, cache_for_running_loop
 from tests.asgi_driver import http_scope, lifespan, request
 from tests.kafka_helpers import consume, unique_topic
 from tests.polling import eventually

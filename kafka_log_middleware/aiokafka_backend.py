@@ -1,0 +1,266 @@
+"""The default backend: an ``aiokafka.AIOKafkaProducer`` fed with its batch API.
+
+Each topic has a lane of its own (a queue and a task that exists while the queue is not
+empty): aiokafka waits for a topic's metadata, and for the previous batch of a partition
+to drain, inside the call that hands it a batch, so a topic that cannot be produced to
+(missing, unauthorized, being created) would otherwise hold up every other topic sharing
+the producer. A failure to get a topic's metadata fails everything waiting in its lane at
+once, so a bad topic costs one metadata wait per attempt, not one per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotEnoughReplicasAfterAppendError,
+    RecordListTooLargeError,
+    RequestTimedOutError,
+)
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.sender import SendProduceReqHandler
+
+from . import _log
+from .config import KafkaLogConfig
+from .producers import CLOSED, Failure, Message, OnDone, Producer, Verdict
+
+_partition_for_key = DefaultPartitioner()
+_Lane = deque[tuple[list[Message], OnDone]]
+
+_MAYBE_WRITTEN = (
+    RequestTimedOutError,  # no answer in time, or the broker waits for replicas
+    KafkaConnectionError,  # the connection broke, possibly with the request in flight
+    NotEnoughReplicasAfterAppendError,  # written to the leader only
+    asyncio.CancelledError,  # in flight when the producer closed
+)
+"""Errors after which the batch may be in Kafka (aiokafka's idempotence is off)."""
+
+
+def failure_of(error: BaseException, maybe_written: bool = False) -> Failure:
+    """aiokafka's error for a batch, in the producers' vocabulary."""
+    maybe_written = maybe_written or isinstance(error, _MAYBE_WRITTEN)
+    cause = type(error).__name__
+    if isinstance(error, MessageSizeTooLargeError | RecordListTooLargeError):
+        verdict = Verdict.SPLIT
+    elif isinstance(error, KafkaTimeoutError | asyncio.CancelledError) or getattr(
+        error, "retriable", False
+    ):
+        verdict = Verdict.RETRY
+    else:
+        verdict = Verdict.FATAL
+    return Failure(verdict, cause, maybe_written)
+
+
+class AiokafkaProducer(Producer):
+    """An ``AIOKafkaProducer`` fed through per-topic lanes (see the module docstring).
+
+    ``send`` only queues, so Kafka's pace never holds up the publisher, which keeps
+    encoding meanwhile.
+    """
+
+    def __init__(self, config: KafkaLogConfig) -> None:
+        super().__init__(config)
+        self._options = config.aiokafka_options()
+        self._ack_timeout = config.producer_request_timeout
+        self._producer: Any = None
+        self._lanes: dict[str, _Lane] = {}
+        self._lane_tasks: dict[str, asyncio.Task[None]] = {}
+        self._maybe_written: weakref.WeakSet[Any] = weakref.WeakSet()
+        """aiokafka batches that had an attempt which may have reached Kafka."""
+
+    async def _open(self) -> None:
+        _log.tame_client_loggers("aiokafka")
+        with _log.our_client():  # its tasks, started here, inherit the mark
+            producer = AIOKafkaProducer(**self._options)
+            # Kong's producer_request_timeout is the produce request's own timeout (how
+            # long the broker waits for acks). aiokafka sends its sender's
+            # request_timeout_ms there and nowhere else; the client's wait stays `timeout`.
+            producer._sender._request_timeout_ms = self._ack_timeout
+            _watch_attempts(producer._sender, self._maybe_written)
+            try:
+                await producer.start()
+            except BaseException:
+                await _stop_quietly(producer, self._backoff)
+                raise
+        self._producer = producer
+
+    async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
+        """Queue ``messages`` in ``topic``'s lane (see ``Producer.send``); never waits."""
+        fitting = self._fitting(messages, on_done)
+        if not fitting:
+            return
+        lane = self._lanes.get(topic)
+        if lane is None:
+            lane = self._lanes[topic] = deque()
+            with _log.our_client():
+                self._lane_tasks[topic] = asyncio.get_running_loop().create_task(
+                    self._drain(topic, lane), name="kafka-log-send"
+                )
+        lane.append((fitting, on_done))
+
+    def withdraw(self) -> list[tuple[str, list[Message], OnDone]]:
+        """The batches still waiting in the lanes (not given to aiokafka yet)."""
+        taken = [
+            (topic, messages, on_done)
+            for topic, lane in self._lanes.items()
+            for messages, on_done in lane
+        ]
+        for lane in self._lanes.values():
+            lane.clear()
+        return taken
+
+    async def _drain(self, topic: str, lane: _Lane) -> None:
+        """Hand the lane's batches to aiokafka in order; ends when the lane is empty."""
+        try:
+            while lane:
+                messages, on_done = lane.popleft()
+                try:
+                    partitions = sorted(await self._producer.partitions_for(topic))
+                except Exception as exc:  # no metadata in time: the topic's trouble
+                    failure = failure_of(exc)
+                    on_done(0, messages, failure, False)
+                    while lane:
+                        messages, on_done = lane.popleft()
+                        on_done(0, messages, failure, False)
+                    return
+                await self._send_now(topic, partitions, messages, on_done)
+        finally:
+            del self._lanes[topic], self._lane_tasks[topic]
+
+    async def _send_now(
+        self, topic: str, partitions: list[int], messages: list[Message], on_done: OnDone
+    ) -> None:
+        """Hand ``messages`` to aiokafka in batches, one per partition."""
+        cluster = self._producer.client.cluster
+        available = list(cluster.available_partitions_for_topic(topic) or ())
+        groups: dict[int, list[Message]] = {}
+        # Unkeyed entries stick to one partition per call, as Kafka's sticky partitioner does.
+        unkeyed = _partition_for_key(None, partitions, available)
+        for message in messages:
+            key = message[0]
+            part = unkeyed if key is None else _partition_for_key(key, partitions, available)
+            groups.setdefault(part, []).append(message)
+        for partition, group in groups.items():
+            await self._send_partition(topic, partition, group, on_done)
+
+    async def _send_partition(
+        self, topic: str, partition: int, group: list[Message], on_done: OnDone
+    ) -> None:
+        producer = self._producer
+        start = 0
+        while start < len(group):
+            batch = producer.create_batch()
+            end = start
+            while end < len(group):
+                key, value = group[end]
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    break
+                end += 1
+            end = max(end, start + 1)  # a batch always takes its first message
+            batch.close()
+            sent = group[start:end]
+            try:
+                future = await producer.send_batch(batch, topic, partition=partition)
+            except Exception as exc:  # no room in time, or the producer closed
+                on_done(0, group[start:], failure_of(exc), False)
+                return
+            queued = _queued_batch(producer, topic, partition, batch)
+            future.add_done_callback(self._reporter(sent, on_done, queued))
+            start = end
+
+    def _reporter(
+        self, sent: list[Message], on_done: OnDone, queued: Any
+    ) -> Callable[[asyncio.Future[Any]], None]:
+        maybe_written = self._maybe_written
+
+        def report(future: asyncio.Future[Any]) -> None:
+            resent = queued is not None and queued in maybe_written
+            if future.cancelled():
+                on_done(0, sent, failure_of(asyncio.CancelledError(), resent), False)
+                return
+            error = future.exception()
+            if error is None:
+                on_done(len(sent), [], None, resent)
+            else:
+                on_done(0, sent, failure_of(error, resent), False)
+
+        return report
+
+    async def _shutdown(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.01)
+        # Let the lanes hand over what they hold; polling briefly at shutdown is simplest.
+        while self._lanes and self._producer is not None and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        tasks = list(self._lane_tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _, messages, on_done in self.withdraw():
+            on_done(0, messages, CLOSED, False)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with _log.our_client():
+                await _stop_quietly(producer, max(deadline - loop.time(), 0.01))
+
+
+def _queued_batch(producer: Any, topic: str, partition: int, builder: Any) -> Any:
+    """aiokafka's batch for ``builder``, just queued by ``send_batch``; None if not found.
+
+    ``send_batch`` returns only a future; the batch itself says whether aiokafka re-sent
+    it after an uncertain attempt (see ``_watch_attempts``).
+    """
+    try:
+        waiting = producer._message_accumulator._batches.get((topic, partition), ())
+        for queued in reversed(waiting):
+            if queued._builder is builder:
+                return queued
+    except (AttributeError, TypeError):
+        pass
+    return None
+
+
+def _watch_attempts(sender: Any, marked: weakref.WeakSet[Any]) -> None:
+    """Record in ``marked`` the batches aiokafka retries after an attempt that may have
+    reached Kafka (it retries by itself until a batch is ``timeout`` old).
+
+    aiokafka has no hook for this: the sender's produce step is replaced, for this
+    producer only, by the same steps with a handler that watches its retry decisions.
+    Left alone if aiokafka's internals are not the expected ones.
+    """
+    needed = ("_send_produce_req", "_in_flight", "_muted_partitions")
+    if not all(hasattr(sender, name) for name in needed):
+        return
+
+    class Handler(SendProduceReqHandler):  # type: ignore[misc]
+        def _can_retry(self, error: Any, batch: Any) -> bool:
+            if isinstance(error, _MAYBE_WRITTEN):
+                marked.add(batch)
+            return bool(super()._can_retry(error, batch))
+
+    async def send_produce_req(node_id: int, batches: dict[Any, Any]) -> None:
+        # aiokafka's Sender._send_produce_req, with the handler above.
+        await Handler(sender, batches).do(node_id)
+        sender._in_flight.remove(node_id)
+        for tp in batches:
+            sender._muted_partitions.remove(tp)
+
+    sender._send_produce_req = send_produce_req
+
+
+async def _stop_quietly(producer: Any, timeout: float) -> None:
+    """Stop an aiokafka producer within ``timeout`` (it can hang while the broker is down)."""
+    try:
+        await asyncio.wait_for(producer.stop(), max(timeout, 0.01))
+    except Exception as exc:
+        _log.warn(
+            "close", "kafka_log_middleware: producer did not close cleanly (%s)", type(exc).__name__
+        )
