@@ -121,17 +121,19 @@ class AiokafkaProducer(Producer):
         """Hand the lane's batches to aiokafka in order; ends when the lane is empty."""
         try:
             while lane:
-                messages, on_done = lane.popleft()
+                # Taken from the lane only once the metadata is there: until then the
+                # batch can still be withdrawn (it has not reached aiokafka).
                 try:
                     partitions = sorted(await self._producer.partitions_for(topic))
                 except Exception as exc:  # no metadata in time: the topic's trouble
                     failure = failure_of(exc)
-                    on_done(0, messages, failure, False)
                     while lane:
                         messages, on_done = lane.popleft()
                         on_done(0, messages, failure, False)
                     return
-                await self._send_now(topic, partitions, messages, on_done)
+                if lane:
+                    messages, on_done = lane.popleft()
+                    await self._send_now(topic, partitions, messages, on_done)
         finally:
             del self._lanes[topic], self._lane_tasks[topic]
 

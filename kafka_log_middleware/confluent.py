@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import confluent_kafka
@@ -76,7 +77,7 @@ class ConfluentProducer(Producer):
         if self._producer is None:  # one client across attempts; it reconnects by itself
             self._producer = confluent_kafka.Producer(self._options, logger=_librdkafka_log)
         # Metadata proves the cluster answers; it blocks, so it runs off the loop.
-        await asyncio.to_thread(self._producer.list_topics, None, max(self._backoff, 1.0))
+        await _in_a_thread(self._producer.list_topics, None, max(self._backoff, 1.0))
         self._poller = asyncio.get_running_loop().create_task(
             self._poll_forever(), name="kafka-log-poll"
         )
@@ -116,7 +117,7 @@ class ConfluentProducer(Producer):
                 return
             if queued < len(batch):  # librdkafka marks the ones it refused
                 refused = [m for m, d in zip(chunk, batch, strict=True) if "_error" in d]
-                report.failed(refused, failure_of(_batch_error(batch)))
+                report.failed(refused, failure_of(_batch_error(batch), sent=False))
 
     def withdraw(self) -> list[tuple[str, list[Message], OnDone]]:
         """Purge what librdkafka has not sent yet; its reports say so (nothing returned)."""
@@ -144,6 +145,31 @@ class ConfluentProducer(Producer):
             await asyncio.gather(self._poller, return_exceptions=True)
 
 
+def _in_a_thread(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """``call(*args)`` on a thread of its own (``asyncio.to_thread`` refuses to run at
+    interpreter exit, where the exit flush may need it)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not future.done():
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+    def run() -> None:
+        try:
+            result, error = call(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="kafka-log-metadata", daemon=True).start()
+    return future
+
+
 class _BatchReport:
     """Gathers librdkafka's per-message delivery reports into per-batch ``on_done`` calls.
 
@@ -164,10 +190,11 @@ class _BatchReport:
         if error is None:
             self._delivered += 1
         else:
-            code = error.code()
-            group = self._failed.get(code)
+            # Never given a partition (its topic has no metadata): certainly not sent.
+            sent = message.partition() is not None
+            group = self._failed.get((error.code(), sent))
             if group is None:
-                group = self._failed[code] = (failure_of(error), [])
+                group = self._failed[error.code(), sent] = (failure_of(error, sent), [])
             group[1].append((message.key(), message.value()))
         self._settle(1)
 
@@ -212,8 +239,9 @@ _RETRY = _MAYBE_WRITTEN | {
 }
 
 
-def failure_of(error: Any) -> Failure:
-    """librdkafka's error for a message (a ``KafkaError``), in the producers' vocabulary."""
+def failure_of(error: Any, sent: bool = True) -> Failure:
+    """librdkafka's error for a message (a ``KafkaError``), in the producers' vocabulary;
+    ``sent``: it may have been sent at all."""
     if not isinstance(error, confluent_kafka.KafkaError):
         return Failure(Verdict.FATAL, type(error).__name__)
     code = error.code()
@@ -223,7 +251,7 @@ def failure_of(error: Any) -> Failure:
         verdict = Verdict.RETRY
     else:
         verdict = Verdict.FATAL
-    return Failure(verdict, error.name(), code in _MAYBE_WRITTEN)
+    return Failure(verdict, error.name(), sent and code in _MAYBE_WRITTEN)
 
 
 def _refusal(exc: BaseException) -> Failure:
@@ -231,7 +259,7 @@ def _refusal(exc: BaseException) -> Failure:
     if isinstance(exc, BufferError):  # its queue is full: later, perhaps
         return Failure(Verdict.RETRY, "BufferError")
     if isinstance(exc, confluent_kafka.KafkaException) and exc.args:
-        return failure_of(exc.args[0])
+        return failure_of(exc.args[0], sent=False)
     return Failure(Verdict.FATAL, type(exc).__name__)
 
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, publisher
+from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, _log, publisher
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.serializer import build_entry
 from kafka_log_middleware.types import Message, Receive, Scope, Send
@@ -140,6 +140,82 @@ async def test_streaming_response_counts_every_chunk() -> None:
     assert response.body == b"".join(f"chunk {i}\n".encode() for i in range(5))
     [captured] = buffered(middleware)
     assert captured.body_sent == len(response.body)
+    await middleware.aclose()
+
+
+async def test_only_the_first_response_start_counts() -> None:
+    """The server refuses a second start: the status the client got is the first one."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.start", "status": 500, "headers": [(b"x", b"y")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = KafkaLogMiddleware(app, offline_config())
+    await request(middleware)
+    [captured] = buffered(middleware)
+    assert (captured.status, list(captured.response_headers)) == (201, [])
+    await middleware.aclose()
+
+
+async def test_an_answer_after_the_disconnect_is_a_499() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "http.disconnect"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"nobody reads this"})
+
+    middleware = KafkaLogMiddleware(app, offline_config(log_format="kong3"))
+    await request(middleware, disconnect=True)
+    [captured] = buffered(middleware)
+    entry = build_entry(captured)
+    assert entry["response"] == {"status": 499, "headers": {}, "size": 0}
+    assert entry["upstream_status"] == "" and entry["latencies"]["proxy"] == -1
+    await middleware.aclose()
+
+
+async def test_body_after_the_disconnect_or_the_last_body_is_not_counted() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"12345", "more_body": True})
+        if scope["path"] == "/gone":
+            assert (await receive())["type"] == "http.disconnect"
+        await send({"type": "http.response.body", "body": b"678", "more_body": False})
+        with contextlib.suppress(Exception):  # after the last body: refused
+            await send({"type": "http.response.body", "body": b"9"})
+
+    middleware = KafkaLogMiddleware(app, offline_config())
+    await request(middleware, http_scope("/gone"), disconnect=True)
+    await request(middleware, http_scope("/complete"))
+    gone, complete = buffered(middleware)
+    assert gone.client_gone and gone.status == 200 and gone.body_sent == 5
+    assert not complete.client_gone and complete.body_sent == 8
+    assert build_entry(gone)["response"]["status"] == 200  # the status stays what was sent
+    await middleware.aclose()
+
+
+async def test_a_send_error_from_a_spec_2_4_server_means_the_client_has_gone() -> None:
+    sent: list[Message] = []
+
+    async def server_send(message: Message) -> None:
+        if len(sent) == 2:
+            raise ConnectionResetError("client gone")
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(3):
+            await send({"type": "http.response.body", "body": b"abcd", "more_body": True})
+
+    middleware = KafkaLogMiddleware(app, offline_config())
+    scope = http_scope("/", asgi={"version": "3.0", "spec_version": "2.4"})
+    with pytest.raises(ConnectionResetError):
+        await middleware(scope, receive, server_send)
+    [captured] = buffered(middleware)
+    assert captured.client_gone and captured.status == 200
+    assert captured.body_sent == 4  # the body message that raised never left
     await middleware.aclose()
 
 
@@ -363,3 +439,98 @@ async def test_reported_startup_failure_closes_the_publisher() -> None:
     middleware = KafkaLogMiddleware(failing, offline_config())
     await failing_lifespan(middleware)
     assert middleware.producers() == []
+
+
+async def test_a_bad_config_built_inside_a_server_fails_startup_not_requests(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Built lazily inside the server (as Starlette's add_middleware does), a bad config
+    must not raise into the server: startup fails naming the field, requests are served."""
+    caplog.set_level("ERROR", logger="kafka_log_middleware")
+    _log.reset()
+    middleware = KafkaLogMiddleware(starlette_app(), bootstrap_servers="h:1", topic="a b")
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await middleware({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    [failed] = sent
+    assert failed["type"] == "lifespan.startup.failed" and "topic" in failed["message"]
+    # No lifespan (or a server that ignores the failure): served, not logged, said loudly.
+    for _ in range(3):
+        response = await request(middleware, http_scope("/hello/x"))
+        assert response.status == 200 and response.body == b'{"hello":"x"}'
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all("topic" in r.getMessage() for r in errors)  # built, served
+    assert middleware.stats()["enqueued"] == 0
+    # A whole valid config repairs it.
+    middleware.update_config(offline_config())
+    await request(middleware, http_scope("/hello/y"))
+    assert middleware.stats()["enqueued"] == 1
+    await middleware.aclose()
+
+
+def test_a_bad_config_outside_a_server_raises_at_once() -> None:
+    with pytest.raises(ValueError, match="topic"):
+        KafkaLogMiddleware(starlette_app(), bootstrap_servers="h:1", topic="a b")
+    with pytest.raises(TypeError, match="config"):
+        KafkaLogMiddleware(starlette_app(), "not a config")  # type: ignore[arg-type]
+
+
+def fastapi_with_a_bad_config() -> Any:
+    """The README's first example, with a topic Kafka would refuse."""
+    from fastapi import FastAPI
+
+    api = FastAPI()
+
+    @api.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {"ping": "pong"}
+
+    api.add_middleware(KafkaLogMiddleware, bootstrap_servers="h:1", topic="a b")
+    return api
+
+
+def test_add_middleware_with_a_bad_config_stops_uvicorn_at_startup(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import threading
+
+    import uvicorn
+
+    config = uvicorn.Config(fastapi_with_a_bad_config(), port=free_port(), log_level="error")
+    server = uvicorn.Server(config)
+    exits: list[object] = []
+
+    def run() -> None:
+        try:
+            server.run()
+        except SystemExit as exc:  # uvicorn exits the process at a failed startup
+            exits.append(exc.code)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive() and not server.started and exits == [3]
+    errors = capfd.readouterr().err  # uvicorn's own log handler
+    assert "bad configuration: topic 'a b'" in errors and "Application startup failed" in errors
+
+
+def test_add_middleware_with_a_bad_config_without_lifespan_serves_the_app(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import httpx
+
+    from tests.servers import serve
+
+    caplog.set_level("ERROR", logger="kafka_log_middleware")
+    _log.reset()
+    with serve(fastapi_with_a_bad_config(), lifespan="off") as base_url:
+        for _ in range(3):
+            response = httpx.get(base_url + "/ping")
+            assert response.status_code == 200 and response.json() == {"ping": "pong"}
+    assert any("not logged" in r.getMessage() for r in caplog.records)
