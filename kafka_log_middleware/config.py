@@ -372,23 +372,26 @@ def _warn_unused_env(prefix: str, env: Mapping[str, str]) -> None:
     for variable in env:
         if not variable.startswith(prefix) or variable in _warned_env:
             continue
-        suffix = variable[len(prefix) :]
-        field = suffix.lower()
-        if field in names and suffix == field.upper():
-            if field not in _HOOKS:
-                continue
-            message = "%s is ignored: %s is a function, pass it to from_env(%s=...)"
-            args: tuple[str, ...] = (variable, field, field)
-        else:
-            match = _closest(field, settable)
-            if match is None:
-                _log.logger.debug("%s is no kafka_log_middleware setting; ignored", variable)
-                _warned_env.add(variable)
-                continue
-            message = "%s is no kafka_log_middleware setting and is ignored; did you mean %s?"
-            args = (variable, prefix + match.upper())
+        field = variable[len(prefix) :].lower()
+        exact = variable == prefix + field.upper() and field in names
+        if exact and field not in _HOOKS:
+            continue  # a field's own variable
         _warned_env.add(variable)
-        _log.logger.warning(message, *args)
+        if exact:
+            _log.logger.warning(
+                "%s is ignored: %s is a function, pass it to from_env(%s=...)",
+                variable,
+                field,
+                field,
+            )
+        elif (match := _closest(field, settable)) is not None:
+            _log.logger.warning(
+                "%s is no kafka_log_middleware setting and is ignored; did you mean %s?",
+                variable,
+                prefix + match.upper(),
+            )
+        else:
+            _log.logger.debug("%s is no kafka_log_middleware setting; ignored", variable)
 
 
 def _closest(name: str, fields: list[str]) -> str | None:
