@@ -2,18 +2,26 @@
 
 Field names, defaults and units (milliseconds) are those of Kong's kafka-log plugin,
 so a Kong plugin config carries over unchanged. Every value is checked when the
-config is built: a bad value raises ``ValueError`` naming the field, never later
-inside a request.
+config is built, against what the entry encoder, the Kafka protocol and the chosen
+client accept: what a config accepts works, anything else raises ``ValueError``
+naming the field at construction, never later in the background.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
+import inspect
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
+
+import orjson
+
+from . import _log
 
 if TYPE_CHECKING:
     from .capture import CapturedRequest
@@ -23,9 +31,35 @@ Backend = Literal["aiokafka", "confluent"]
 Hook = Callable[["CapturedRequest"], Any]
 """A user function of the captured request; runs in the background, never in the request."""
 
+INT32_MAX = 2**31 - 1
+"""The most any time or size field may be: Kafka and librdkafka carry them as int32."""
+
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+# An RFC 9110 token: what an HTTP header name is made of.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_HOST = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ACKS = (-1, 0, 1)
 _FORMATS = ("kong2", "kong3")
+_BACKENDS = ("aiokafka", "confluent")
+_CLIENT_ID_MAX = 32767
+"""Bytes of UTF-8 in a Kafka request header's client id (an int16-length string)."""
+
+
+class InvalidConfig(ValueError):
+    """A value ``KafkaLogConfig`` refuses; ``field`` names the field.
+
+    Messages name the field and never quote a value that could be a secret.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidConfigType(InvalidConfig, TypeError):
+    """A value of the wrong type: a ``TypeError``, and a ``ValueError`` like every refusal."""
 
 
 def starlette_route(request: CapturedRequest) -> dict[str, Any] | None:
@@ -158,80 +192,14 @@ class KafkaLogConfig:
     """Encode entries with the compiled serializer when it is installed (same output)."""
 
     def __post_init__(self) -> None:
-        _set = object.__setattr__
-        _set(self, "bootstrap_servers", _servers(self.bootstrap_servers))
-        _set(self, "redact_headers", _names("redact_headers", self.redact_headers))
-        _set(self, "custom_fields", dict(self.custom_fields))
-        if self.service is not None:
-            _set(self, "service", _mapping("service", self.service))
-        if self.request_id_header is not None:
-            _set(self, "request_id_header", self.request_id_header.lower())
-        self._validate()
-
-    def _validate(self) -> None:
-        _check_topic(self.topic)
-        for name in (
-            "timeout",
-            "keepalive",
-            "producer_request_timeout",
-            "producer_request_limits_messages_per_request",
-            "producer_request_limits_bytes_per_request",
-            "producer_request_retries_max_attempts",
-            "producer_async_flush_timeout",
-            "producer_async_buffering_limits_messages_in_memory",
-            "shutdown_timeout",
-        ):
-            _positive_int(name, getattr(self, name))
-        _non_negative_int(
-            "producer_request_retries_backoff_timeout",
-            self.producer_request_retries_backoff_timeout,
-        )
-        if self.producer_request_acks not in _ACKS or isinstance(self.producer_request_acks, bool):
-            raise ValueError(
-                f"producer_request_acks must be one of -1, 0, 1, not {self.producer_request_acks!r}"
-            )
-        if not isinstance(self.producer_async, bool):
-            raise ValueError(f"producer_async must be a bool, not {self.producer_async!r}")
-        if self.producer_backend not in ("aiokafka", "confluent"):
-            raise ValueError(
-                f"producer_backend must be 'aiokafka' or 'confluent', not {self.producer_backend!r}"
-            )
-        if (
-            self.producer_backend == "confluent"
-            and importlib.util.find_spec("confluent_kafka") is None
-        ):
-            raise ValueError(
-                "producer_backend='confluent' needs confluent-kafka: "
-                "pip install 'kafka-log-middleware[confluent]'"
-            )
-        if not isinstance(self.native_serializer, bool):
-            raise ValueError(f"native_serializer must be a bool, not {self.native_serializer!r}")
-        if self.log_format not in _FORMATS:
-            raise ValueError(f"log_format must be 'kong2' or 'kong3', not {self.log_format!r}")
-        for name in ("route", "consumer", "authenticated_entity", "key"):
-            hook = getattr(self, name)
-            if hook is not None and not callable(hook):
-                raise ValueError(f"{name} must be a callable or None, not {type(hook).__name__}")
-        for field, hook in self.custom_fields.items():
-            if (
-                not isinstance(field, str)
-                or not field
-                or field.startswith(".")
-                or field.endswith(".")
-                or ".." in field
-            ):
-                raise ValueError(f"custom_fields: {field!r} is not a dotted field name")
-            if not callable(hook):
-                raise ValueError(f"custom_fields[{field!r}] must be a callable")
+        # Each field is checked and normalised in declaration order (the first bad one is
+        # reported), then the rules that tie fields together.
+        for name, check in _CHECKS.items():
+            object.__setattr__(self, name, check(name, getattr(self, name)))
         if self.key is not None and self.key_query_arg is not None:
-            raise ValueError("key and key_query_arg are exclusive: give one of them")
-        if self.key_query_arg is not None and not (
-            isinstance(self.key_query_arg, str) and self.key_query_arg
-        ):
-            raise ValueError("key_query_arg must be a non-empty string")
-        for name in ("client_id", "workspace_name"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string")
+            raise InvalidConfig("key", "key and key_query_arg are exclusive: give one of them")
+        if self.producer_backend == "confluent":
+            _check_librdkafka(self)
 
     # -- identity -------------------------------------------------------------
 
@@ -298,28 +266,44 @@ class KafkaLogConfig:
     ) -> KafkaLogConfig:
         """Build a config from ``KAFKA_LOG_<FIELD>`` variables (e.g. ``KAFKA_LOG_TOPIC``).
 
-        Keyword ``defaults`` apply where no variable is set; hooks and ``service`` cannot
-        come from the environment, so pass them this way.
+        Keyword ``defaults`` apply where no variable is set; hooks cannot come from the
+        environment, so pass them this way. ``KAFKA_LOG_SERVICE`` is a JSON object. A
+        ``KAFKA_LOG_*`` variable that is no field is ignored with a warning (once per name)
+        when it resembles one. Errors name the variable; one that does not parse is never
+        quoted (it may be a secret in the wrong place).
         """
         env = os.environ if environ is None else environ
+        _warn_unused_env(prefix, env)
         values: dict[str, Any] = dict(defaults)
+        from_env: dict[str, str] = {}
         for field in dataclasses.fields(cls):
-            raw = env.get(prefix + field.name.upper())
-            if raw is None or field.name in _NOT_FROM_ENV:
+            variable = prefix + field.name.upper()
+            raw = env.get(variable)
+            if raw is None or field.name in _HOOKS:
                 continue
             try:
                 values[field.name] = _parse_env(field.name, raw)
             except ValueError as exc:
-                raise ValueError(f"{prefix}{field.name.upper()}: {exc}") from None
+                raise InvalidConfig(field.name, f"{variable}: {exc}") from None
+            from_env[field.name] = variable
         for required in ("bootstrap_servers", "topic"):
             if required not in values:
-                raise ValueError(f"{required} is required: set {prefix}{required.upper()}")
-        return cls(**values)
+                raise InvalidConfig(
+                    required, f"{required} is required: set {prefix}{required.upper()}"
+                )
+        try:
+            return cls(**values)
+        except InvalidConfig as exc:
+            source = from_env.get(exc.field)
+            if source is None:
+                raise
+            raise type(exc)(exc.field, f"{source}: {exc}") from None
 
 
-_NOT_FROM_ENV = frozenset(
-    {"route", "consumer", "authenticated_entity", "custom_fields", "key", "service"}
-)
+# -- environment ------------------------------------------------------------------------
+
+_HOOKS = frozenset({"route", "consumer", "authenticated_entity", "custom_fields", "key"})
+"""Fields that hold functions: they cannot come from the environment."""
 _INT_FIELDS = frozenset(
     {
         "timeout",
@@ -335,89 +319,378 @@ _INT_FIELDS = frozenset(
         "shutdown_timeout",
     }
 )
+_warned_env: set[str] = set()
+"""Variables already warned about in this process."""
 
 
 def _parse_env(name: str, raw: str) -> Any:
+    """The value of field ``name`` from its variable's text; messages never quote it."""
     if name in _INT_FIELDS:
         try:
             return int(raw.strip())
         except ValueError:
-            raise ValueError(f"expected an integer, got {raw!r}") from None
+            raise ValueError("expected an integer") from None
     if name in ("producer_async", "native_serializer"):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"expected true or false, got {raw!r}")
+        raise ValueError("expected true or false")
     if name == "redact_headers":
         return tuple(h.strip() for h in raw.split(",") if h.strip())
+    if name == "service":
+        return _parse_service(raw)
     if name in ("key_query_arg", "request_id_header", "workspace"):
         return raw.strip() or None
     return raw.strip()
 
 
-def _servers(value: Any) -> tuple[str, ...]:
+def _parse_service(raw: str) -> dict[str, Any] | None:
+    if not raw.strip():
+        return None
+    try:
+        service = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        service = None
+    if not isinstance(service, dict):
+        raise ValueError('expected a JSON object, e.g. {"name": "orders"}')
+    return service
+
+
+def _warn_unused_env(prefix: str, env: Mapping[str, str]) -> None:
+    """Warn once per name about ``prefix`` variables that set no field.
+
+    Other software shares the prefix (Kafka's own images read ``KAFKA_LOG_DIRS``,
+    ``KAFKA_LOG_RETENTION_HOURS``, …), so only a name that resembles one of ours is
+    worth a warning; the others get a debug message.
+    """
+    if not prefix:
+        return
+    names = {f.name for f in dataclasses.fields(KafkaLogConfig)}
+    settable = sorted(names - _HOOKS)
+    for variable in env:
+        if not variable.startswith(prefix) or variable in _warned_env:
+            continue
+        field = variable[len(prefix) :].lower()
+        exact = variable == prefix + field.upper() and field in names
+        if exact and field not in _HOOKS:
+            continue  # a field's own variable
+        _warned_env.add(variable)
+        if exact:
+            _log.logger.warning(
+                "%s is ignored: %s is a function, pass it to from_env(%s=...)",
+                variable,
+                field,
+                field,
+            )
+        elif (match := _closest(field, settable)) is not None:
+            _log.logger.warning(
+                "%s is no kafka_log_middleware setting and is ignored; did you mean %s?",
+                variable,
+                prefix + match.upper(),
+            )
+        else:
+            _log.logger.debug("%s is no kafka_log_middleware setting; ignored", variable)
+
+
+def _closest(name: str, fields: list[str]) -> str | None:
+    """The field ``name`` most likely misspells: whole words it shares, else difflib's."""
+    # "format" for log_format, "acks" for producer_request_acks: a field's first or last words.
+    words = [f for f in fields if f.endswith("_" + name) or f.startswith(name + "_")]
+    matches = difflib.get_close_matches(name, words or fields, n=1, cutoff=0 if words else 0.75)
+    return matches[0] if matches else None
+
+
+# -- checks, one per field: each returns the value normalised, or raises naming the field --
+
+Check = Callable[[str, Any], Any]
+
+
+def _int_in(low: int, high: int = INT32_MAX) -> Check:
+    """An integer (not a bool) from ``low`` to ``high``, as a plain ``int``."""
+
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidConfigType(name, f"{name} must be an integer, not {_kind(value)}")
+        if not low <= value <= high:
+            raise InvalidConfig(name, f"{name} must be from {low} to {high}, not {value}")
+        return int(value)
+
+    return check
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidConfigType(name, f"{name} must be True or False, not {_kind(value)}")
+    return value
+
+
+def _choice(*choices: str) -> Check:
+    """One of ``choices``, as a plain ``str``."""
+    shown = " or ".join(repr(c) for c in choices)
+
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise InvalidConfigType(name, f"{name} must be {shown}, not {_kind(value)}")
+        if value not in choices:
+            raise InvalidConfig(name, f"{name} must be {shown}, not {value!r}")
+        return str.__str__(value)
+
+    return check
+
+
+def _text(name: str, value: Any, *, empty: bool = True) -> str:
+    """A plain ``str`` that encodes as UTF-8 (orjson and Kafka refuse lone surrogates)."""
+    if not isinstance(value, str):
+        raise InvalidConfigType(name, f"{name} must be a string, not {_kind(value)}")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidConfig(name, f"{name} is not valid Unicode (a lone surrogate)") from None
+    if not value and not empty:
+        raise InvalidConfig(name, f"{name} must not be empty")
+    return str.__str__(value)
+
+
+def _optional(check: Check) -> Check:
+    def optional(name: str, value: Any) -> Any:
+        return None if value is None else check(name, value)
+
+    return optional
+
+
+def _non_empty_text(name: str, value: Any) -> str:
+    return _text(name, value, empty=False)
+
+
+def _any_text(name: str, value: Any) -> str:
+    return _text(name, value)
+
+
+def _client_id(name: str, value: Any) -> str:
+    text = _text(name, value, empty=False)
+    if _CONTROL.search(text):
+        raise InvalidConfig(name, f"{name} must not contain control characters")
+    if len(text.encode()) > _CLIENT_ID_MAX:
+        raise InvalidConfig(name, f"{name} must be at most {_CLIENT_ID_MAX} bytes of UTF-8")
+    return text
+
+
+def _header_name(name: str, value: Any) -> str:
+    """A lower-cased HTTP header name: anything else could never match a header."""
+    text = _text(name, value).strip()
+    if not _HEADER_NAME.fullmatch(text):
+        raise InvalidConfig(name, f"{name}: {text!r} is not an HTTP header name")
+    return text.lower()
+
+
+def _header_names(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidConfigType(name, f"{name} must be a list of header names, not {_kind(value)}")
+    return tuple(dict.fromkeys(_header_name(name, item) for item in value))
+
+
+def _servers(name: str, value: Any) -> tuple[str, ...]:
     items: Iterable[Any]
     if isinstance(value, str):
         items = value.split(",")
-    elif isinstance(value, Iterable):
+    elif isinstance(value, Iterable) and not isinstance(value, bytes | Mapping):
         items = value
     else:
-        raise ValueError("bootstrap_servers must be a list of 'host:port' strings")
-    servers = tuple(str(item).strip() for item in items if str(item).strip())
+        raise InvalidConfigType(
+            name, f"{name} must be a list of 'host:port' strings, not {_kind(value)}"
+        )
+    servers = tuple(_server(name, item) for item in items if not _blank(item))
     if not servers:
-        raise ValueError("bootstrap_servers must name at least one 'host:port'")
-    for server in servers:
-        _check_server(server)
+        raise InvalidConfig(name, f"{name} must name at least one 'host:port'")
     return servers
 
 
-def _check_server(server: str) -> None:
+def _blank(item: Any) -> bool:
+    return isinstance(item, str) and not item.strip()
+
+
+def _server(name: str, item: Any) -> str:
+    """``host:port`` checked as both clients parse it, with the port in canonical form."""
+    server = _text(name, item).strip()
     host, sep, port = server.rpartition(":")
     if not sep or not host:
-        raise ValueError(f"bootstrap_servers: {server!r} is not 'host:port'")
+        raise InvalidConfig(name, f"{name}: {server!r} is not 'host:port'")
     if host.startswith("["):
-        if not host.endswith("]") or len(host) < 3:
-            raise ValueError(f"bootstrap_servers: {server!r} has a malformed IPv6 address")
-    elif ":" in host or any(c.isspace() or c in "/@?#" for c in host):
-        raise ValueError(f"bootstrap_servers: {server!r} has an invalid host")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bootstrap_servers: {server!r} has an invalid port (expected 1-65535)")
+        try:
+            ipaddress.IPv6Address(host[1:-1] if host.endswith("]") else "")
+        except ValueError:
+            raise InvalidConfig(name, f"{name}: {server!r} has a malformed IPv6 address") from None
+    elif not _HOST.fullmatch(host) or len(host) > 253:
+        raise InvalidConfig(name, f"{name}: {server!r} has an invalid host")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise InvalidConfig(name, f"{name}: {server!r} has an invalid port (expected 1-65535)")
+    return f"{host}:{int(port)}"
 
 
-def _check_topic(topic: Any) -> None:
-    if not isinstance(topic, str) or not topic:
-        raise ValueError("topic must be a non-empty string")
+def _topic(name: str, value: Any) -> str:
+    topic = _non_empty_text(name, value)
     if topic in (".", "..") or not _TOPIC.fullmatch(topic):
-        raise ValueError(
-            f"topic {topic!r} is not a legal Kafka topic name "
-            "(1-249 of A-Z a-z 0-9 . _ -, not '.' or '..')"
+        raise InvalidConfig(
+            name,
+            f"{name} {topic!r} is not a legal Kafka topic name "
+            "(1-249 of A-Z a-z 0-9 . _ -, not '.' or '..')",
         )
+    return topic
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+def _service(name: str, value: Any) -> dict[str, Any] | None:
+    """A deep, JSON-plain copy, encoded once as the serializer will encode it.
 
-
-def _non_negative_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
-
-
-def _names(name: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise ValueError(f"{name} must be a list of header names")
-    names = []
-    for item in value:
-        if not isinstance(item, str) or not item.strip():
-            raise ValueError(f"{name}: {item!r} is not a header name")
-        names.append(item.strip().lower())
-    return tuple(names)
-
-
-def _mapping(name: str, value: Any) -> dict[str, Any]:
+    So an unencodable value fails here rather than every entry, and later changes to
+    the caller's mapping change nothing.
+    """
+    if value is None:
+        return None
     if not isinstance(value, Mapping):
-        raise ValueError(f"{name} must be a mapping (e.g. {{'name': 'orders'}})")
-    return dict(value)
+        raise InvalidConfigType(
+            name, f"{name} must be a mapping (e.g. {{'name': 'orders'}}), not {_kind(value)}"
+        )
+    try:
+        plain: dict[str, Any] = orjson.loads(orjson.dumps(dict(value)))
+    except TypeError as exc:  # orjson.JSONEncodeError: its message names the type, no value
+        raise InvalidConfig(name, f"{name} cannot be encoded as JSON: {exc}") from None
+    return plain
+
+
+def _hook(name: str, value: Any) -> Hook:
+    """A synchronous, hashable function of one argument (the ``CapturedRequest``)."""
+    if not callable(value):
+        raise InvalidConfigType(name, f"{name} must be a function or None, not {_kind(value)}")
+    if _is_async(value):
+        raise InvalidConfig(
+            name, f"{name} must be a plain function: hooks run in the background unawaited"
+        )
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # some builtins have none: trust them
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(None)
+        except TypeError:
+            raise InvalidConfig(
+                name, f"{name} must take one argument (the CapturedRequest)"
+            ) from None
+    try:
+        hash(value)
+    except TypeError:
+        raise InvalidConfigType(name, f"{name} must be hashable (the config is)") from None
+    hook: Hook = value
+    return hook
+
+
+def _is_async(value: Any) -> bool:
+    call = getattr(value, "__call__", None)  # noqa: B004 - an object with async __call__
+    return any(
+        inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in (value, call)
+    )
+
+
+def _custom_fields(name: str, value: Any) -> dict[str, Hook]:
+    if not isinstance(value, Mapping):
+        raise InvalidConfigType(
+            name, f"{name} must be a mapping of field names to functions, not {_kind(value)}"
+        )
+    fields: dict[str, Hook] = {}
+    for field, hook in value.items():
+        if not isinstance(field, str):
+            raise InvalidConfigType(name, f"{name}: keys must be strings, not {_kind(field)}")
+        key = _text(name, field, empty=False)
+        if key.startswith(".") or key.endswith(".") or ".." in key:
+            raise InvalidConfig(name, f"{name}: {key!r} is not a dotted field name")
+        try:
+            fields[key] = _hook(f"{name}[{key!r}]", hook)
+        except InvalidConfig as exc:
+            raise type(exc)(name, str(exc)) from None
+    return fields
+
+
+def _kind(value: Any) -> str:
+    """How a refused value is shown: by its type, which never leaks a secret."""
+    return type(value).__name__
+
+
+_CHECKS: dict[str, Check] = {
+    "bootstrap_servers": _servers,
+    "topic": _topic,
+    # librdkafka's floor for socket.timeout.ms, for both clients.
+    "timeout": _int_in(10),
+    "keepalive": _int_in(1),
+    "producer_request_acks": _int_in(-1, 1),
+    "producer_request_timeout": _int_in(1),
+    "producer_request_limits_messages_per_request": _int_in(1),
+    "producer_request_limits_bytes_per_request": _int_in(1),
+    "producer_request_retries_max_attempts": _int_in(1),
+    "producer_request_retries_backoff_timeout": _int_in(0),
+    "producer_async": _bool,
+    "producer_async_flush_timeout": _int_in(1),
+    "producer_async_buffering_limits_messages_in_memory": _int_in(1),
+    "log_format": _choice(*_FORMATS),
+    "redact_headers": _header_names,
+    "service": _service,
+    "route": _optional(_hook),
+    "consumer": _optional(_hook),
+    "authenticated_entity": _optional(_hook),
+    "custom_fields": _custom_fields,
+    "key_query_arg": _optional(_non_empty_text),
+    "key": _optional(_hook),
+    "request_id_header": _optional(_header_name),
+    "workspace": _optional(_any_text),
+    "workspace_name": _any_text,
+    "shutdown_timeout": _int_in(1),
+    "client_id": _client_id,
+    "producer_backend": _choice(*_BACKENDS),
+    "native_serializer": _bool,
+}
+"""Every field's check, in declaration order (a test holds it to the fields)."""
+
+
+# librdkafka's ranges (CONFIGURATION.md, verified against the client by the tests) for the
+# properties our fields become, and the field each comes from.
+_LIBRDKAFKA_RANGES: dict[str, tuple[int, int, str]] = {
+    "socket.timeout.ms": (10, 300_000, "timeout"),
+    "message.timeout.ms": (0, INT32_MAX, "timeout"),
+    "request.timeout.ms": (1, 900_000, "producer_request_timeout"),
+    "connections.max.idle.ms": (0, INT32_MAX, "keepalive"),
+    "retry.backoff.ms": (1, 300_000, "producer_request_retries_backoff_timeout"),
+    "batch.size": (1, INT32_MAX, "producer_request_limits_bytes_per_request"),
+    "message.max.bytes": (1000, 1_000_000_000, "producer_request_limits_bytes_per_request"),
+    "queue.buffering.max.messages": (
+        0,
+        INT32_MAX,
+        "producer_async_buffering_limits_messages_in_memory",
+    ),
+}
+
+
+def _check_librdkafka(config: KafkaLogConfig) -> None:
+    """The librdkafka settings ``config`` maps to are within librdkafka's ranges.
+
+    librdkafka refuses an out-of-range setting when the producer is created, which
+    happens in the background: it would fail there on every attempt.
+    """
+    if importlib.util.find_spec("confluent_kafka") is None:
+        raise InvalidConfig(
+            "producer_backend",
+            "producer_backend='confluent' needs confluent-kafka: "
+            "pip install 'kafka-log-middleware[confluent]'",
+        )
+    from .confluent import librdkafka_options
+
+    options = librdkafka_options(config)
+    for option, (low, high, field) in _LIBRDKAFKA_RANGES.items():
+        value = options.get(option)
+        if isinstance(value, int) and not low <= value <= high:
+            raise InvalidConfig(
+                field,
+                f"{field}={getattr(config, field)} is out of range with "
+                f"producer_backend='confluent': it gives librdkafka's {option}={value}, "
+                f"which must be from {low} to {high}",
+            )

@@ -1,14 +1,47 @@
-"""KafkaLogConfig: Kong's defaults, validation at construction, identity, env, aiokafka mapping."""
+"""KafkaLogConfig: Kong's defaults, validation at construction, identity, env, client mappings.
+
+What the config accepts works (the edges are built into both clients' options and
+published through a real broker); anything else is refused at construction, naming the
+field.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import functools
+import logging
+from collections.abc import Iterator
 from typing import Any
 
+import confluent_kafka
+import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
-from kafka_log_middleware import KafkaLogConfig, starlette_route
-from kafka_log_middleware.config import KafkaLogFields
+from kafka_log_middleware import (
+    CapturedRequest,
+    KafkaLogConfig,
+    KafkaLogMiddleware,
+    starlette_route,
+)
+from kafka_log_middleware import config as config_module
+from kafka_log_middleware.config import (
+    INT32_MAX,
+    InvalidConfig,
+    InvalidConfigType,
+    KafkaLogFields,
+)
+from kafka_log_middleware.confluent import librdkafka_options
+from kafka_log_middleware.serializer import build_entry
+from tests.asgi_driver import http_scope, lifespan, request
+from tests.kafka_helpers import consume, create_topic, unique_topic
+from tests.polling import eventually
+from tests.servers import free_port
 
 BASE: dict[str, Any] = {"bootstrap_servers": "127.0.0.1:9092", "topic": "logs"}
 
@@ -205,3 +238,501 @@ def test_repr_shows_changed_fields_only() -> None:
 def test_typed_keyword_fields_match_the_config() -> None:
     names = {field.name for field in dataclasses.fields(KafkaLogConfig)}
     assert set(KafkaLogFields.__annotations__) == names
+
+
+# -- every field refused or accepted at construction ---------------------------------
+
+
+def _hook(request: CapturedRequest) -> str:
+    return "x"
+
+
+async def _async_hook(request: CapturedRequest) -> str:
+    return "x"
+
+
+class _AsyncCallable:
+    async def __call__(self, request: CapturedRequest) -> str:
+        return "x"
+
+
+class _UnhashableCallable:
+    __hash__ = None  # type: ignore[assignment]
+
+    def __call__(self, request: CapturedRequest) -> str:
+        return "x"
+
+
+INT_FIELDS = {
+    # field: its lowest accepted value (the highest is INT32_MAX for all)
+    "timeout": 10,
+    "keepalive": 1,
+    "producer_request_timeout": 1,
+    "producer_request_limits_messages_per_request": 1,
+    "producer_request_limits_bytes_per_request": 1,
+    "producer_request_retries_max_attempts": 1,
+    "producer_request_retries_backoff_timeout": 0,
+    "producer_async_flush_timeout": 1,
+    "producer_async_buffering_limits_messages_in_memory": 1,
+    "shutdown_timeout": 1,
+}
+HOOKS = ("route", "consumer", "authenticated_entity", "key")
+
+BAD_VALUES: list[tuple[dict[str, Any], str]] = [
+    *(({name: low - 1}, name) for name, low in INT_FIELDS.items()),
+    *(({name: INT32_MAX + 1}, name) for name in INT_FIELDS),
+    ({"producer_request_acks": -2}, "producer_request_acks"),
+    ({"bootstrap_servers": ["a,b:1"]}, "bootstrap_servers"),
+    ({"bootstrap_servers": "b\u00fccher.de:9092"}, "bootstrap_servers"),
+    ({"bootstrap_servers": "host:\u0669\u0660\u0669\u0662"}, "bootstrap_servers"),
+    ({"bootstrap_servers": "[::1:9092"}, "bootstrap_servers"),
+    ({"bootstrap_servers": "[zz]:9092"}, "bootstrap_servers"),
+    ({"bootstrap_servers": "[::1]"}, "bootstrap_servers"),
+    ({"bootstrap_servers": "ho st:1"}, "bootstrap_servers"),
+    ({"bootstrap_servers": "a..b:1"}, "bootstrap_servers"),
+    ({"producer_backend": "kafka-python"}, "producer_backend"),
+    ({"redact_headers": ["x-api key"]}, "redact_headers"),
+    ({"redact_headers": [""]}, "redact_headers"),
+    ({"redact_headers": ["x-\u00e9"]}, "redact_headers"),
+    ({"service": {"tags": {"a", "b"}}}, "service"),
+    ({"service": {"owner": object()}}, "service"),
+    ({"service": {1: "one"}}, "service"),
+    ({"service": {"n": 2**64}}, "service"),
+    ({"service": {"name": "\ud800"}}, "service"),
+    *(({name: _async_hook}, name) for name in HOOKS),
+    *(({name: _AsyncCallable()}, name) for name in HOOKS),
+    *(({name: lambda: 1}, name) for name in HOOKS),
+    *(({name: lambda a, b: 1}, name) for name in HOOKS),
+    ({"custom_fields": {"": _hook}}, "custom_fields"),
+    ({"custom_fields": {"a.": _hook}}, "custom_fields"),
+    ({"custom_fields": {"a": _async_hook}}, "custom_fields"),
+    ({"custom_fields": {"a": lambda: 1}}, "custom_fields"),
+    ({"custom_fields": {"\ud800": _hook}}, "custom_fields"),
+    ({"key_query_arg": "\ud800"}, "key_query_arg"),
+    ({"request_id_header": ""}, "request_id_header"),
+    ({"request_id_header": "x id"}, "request_id_header"),
+    ({"request_id_header": "x-\u0416"}, "request_id_header"),
+    ({"request_id_header": "x-id:"}, "request_id_header"),
+    ({"workspace": "\ud800"}, "workspace"),
+    ({"workspace_name": "\ud800"}, "workspace_name"),
+    ({"client_id": ""}, "client_id"),
+    ({"client_id": "a\x00b"}, "client_id"),
+    ({"client_id": "a\nb"}, "client_id"),
+    ({"client_id": "x" * 32768}, "client_id"),
+    ({"client_id": "\u00e9" * 16384}, "client_id"),
+    ({"client_id": "\ud800"}, "client_id"),
+]
+
+WRONG_TYPES: list[tuple[dict[str, Any], str]] = [
+    ({"bootstrap_servers": [b"a:1"]}, "bootstrap_servers"),
+    ({"bootstrap_servers": ["a:1", 9092]}, "bootstrap_servers"),
+    ({"bootstrap_servers": b"a:1"}, "bootstrap_servers"),
+    ({"bootstrap_servers": {"a:1": 1}}, "bootstrap_servers"),
+    ({"topic": 5}, "topic"),
+    ({"topic": b"logs"}, "topic"),
+    *(({name: True}, name) for name in INT_FIELDS),
+    *(({name: 1000.0}, name) for name in INT_FIELDS),
+    *(({name: "1000"}, name) for name in INT_FIELDS),
+    ({"producer_request_acks": 1.0}, "producer_request_acks"),
+    ({"producer_request_acks": "1"}, "producer_request_acks"),
+    ({"producer_async": 1}, "producer_async"),
+    ({"producer_async": None}, "producer_async"),
+    ({"native_serializer": "true"}, "native_serializer"),
+    ({"log_format": 2}, "log_format"),
+    ({"log_format": None}, "log_format"),
+    ({"producer_backend": None}, "producer_backend"),
+    ({"redact_headers": b"authorization"}, "redact_headers"),
+    ({"redact_headers": [b"authorization"]}, "redact_headers"),
+    ({"redact_headers": [5]}, "redact_headers"),
+    ({"redact_headers": 5}, "redact_headers"),
+    ({"service": "orders"}, "service"),
+    *(({name: "not callable"}, name) for name in HOOKS),
+    *(({name: _UnhashableCallable()}, name) for name in HOOKS),
+    ({"custom_fields": [("a", _hook)]}, "custom_fields"),
+    ({"custom_fields": {5: _hook}}, "custom_fields"),
+    ({"custom_fields": {"a": _UnhashableCallable()}}, "custom_fields"),
+    ({"key_query_arg": 5}, "key_query_arg"),
+    ({"request_id_header": 5}, "request_id_header"),
+    ({"request_id_header": b"x-request-id"}, "request_id_header"),
+    ({"workspace": 5}, "workspace"),
+    ({"workspace_name": 5}, "workspace_name"),
+    ({"workspace_name": None}, "workspace_name"),
+    ({"client_id": 5}, "client_id"),
+    ({"client_id": None}, "client_id"),
+]
+
+
+@pytest.mark.parametrize(("changes", "field"), BAD_VALUES)
+def test_bad_values_raise_value_error_naming_the_field(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field) as raised:
+        make(**changes)
+    assert isinstance(raised.value, InvalidConfig)
+    assert raised.value.field == field
+
+
+@pytest.mark.parametrize(("changes", "field"), WRONG_TYPES)
+def test_wrong_types_raise_type_error_that_is_also_a_value_error(
+    changes: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(TypeError, match=field) as raised:
+        make(**changes)
+    assert isinstance(raised.value, ValueError) and isinstance(raised.value, InvalidConfigType)
+    assert raised.value.field == field
+
+
+def test_a_value_of_the_wrong_type_is_shown_by_its_type_only() -> None:
+    with pytest.raises(TypeError) as raised:
+        make(client_id=b"s3cret-bytes")
+    assert "s3cret" not in str(raised.value) and "bytes" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "option"),
+    [
+        ({"timeout": 300_001}, "socket.timeout.ms"),
+        ({"producer_request_timeout": 900_001}, "request.timeout.ms"),
+        ({"producer_request_retries_backoff_timeout": 300_001}, "retry.backoff.ms"),
+        ({"producer_request_limits_bytes_per_request": 999_998_977}, "message.max.bytes"),
+        (
+            {"producer_async_buffering_limits_messages_in_memory": INT32_MAX - 199},
+            "queue.buffering.max.messages",
+        ),
+    ],
+)
+def test_confluent_refuses_what_librdkafka_would(changes: dict[str, Any], option: str) -> None:
+    (field,) = changes
+    with pytest.raises(ValueError, match=field) as raised:
+        make(producer_backend="confluent", **changes)
+    assert option in str(raised.value)
+    make(**changes)  # within aiokafka's and Kafka's ranges
+
+
+def _confluent_refusal(options: dict[str, Any]) -> str | None:
+    """librdkafka's own verdict on ``options``: None when it creates the producer."""
+    try:
+        producer = confluent_kafka.Producer(options)
+    except confluent_kafka.KafkaException as exc:
+        return str(exc)
+    del producer
+    return None
+
+
+@pytest.mark.parametrize(
+    ("changes", "option"),
+    [
+        ({"timeout": 300_001}, "socket.timeout.ms"),
+        ({"producer_request_timeout": 900_001}, "request.timeout.ms"),
+        ({"producer_request_retries_backoff_timeout": 300_001}, "retry.backoff.ms"),
+        ({"producer_request_limits_bytes_per_request": 999_998_977}, "message.max.bytes"),
+        (
+            {"producer_async_buffering_limits_messages_in_memory": INT32_MAX - 199},
+            "queue.buffering.max.messages",
+        ),
+    ],
+)
+def test_librdkafka_itself_refuses_one_past_our_confluent_limits(
+    changes: dict[str, Any], option: str
+) -> None:
+    # The mapping of a config that is valid for aiokafka, with the one value too big.
+    options = librdkafka_options(make(**changes))
+    options["bootstrap.servers"] = f"127.0.0.1:{free_port()}"
+    refusal = _confluent_refusal(options)
+    assert refusal is not None and option in refusal
+
+
+def lowest(**changes: Any) -> KafkaLogConfig:
+    return make(**{**INT_FIELDS, **changes})
+
+
+def highest(backend: str, **changes: Any) -> KafkaLogConfig:
+    """Every integer field at the most ``backend`` takes."""
+    values: dict[str, Any] = dict.fromkeys(INT_FIELDS, INT32_MAX)
+    if backend == "confluent":
+        values.update(
+            timeout=300_000,
+            producer_request_timeout=900_000,
+            producer_request_retries_backoff_timeout=300_000,
+            producer_request_limits_bytes_per_request=1_000_000_000 - 1024,
+            producer_async_buffering_limits_messages_in_memory=INT32_MAX - 200,
+            producer_request_limits_messages_per_request=200,
+        )
+    return make(producer_backend=backend, **{**values, **changes})
+
+
+def test_edge_values_build_a_librdkafka_producer() -> None:
+    for config in (lowest(producer_backend="confluent"), highest("confluent")):
+        options = librdkafka_options(config)
+        options["bootstrap.servers"] = f"127.0.0.1:{free_port()}"
+        assert _confluent_refusal(options) is None, config
+
+
+async def test_edge_values_build_an_aiokafka_producer() -> None:
+    for config in (lowest(), highest("aiokafka")):
+        producer = AIOKafkaProducer(**config.aiokafka_options())
+        await producer.stop()
+
+
+def test_accepted_values_are_normalised() -> None:
+    config = make(
+        bootstrap_servers=[" a:09092 ", "", "[::1]:9092", "[fe80::1%eth0]:1", "k_1.local.:2"],
+        redact_headers=["X-Api-Key", "x-api-key", " Cookie "],
+        request_id_header="X-Request-ID",
+        producer_request_acks=0,
+    )
+    assert config.bootstrap_servers == ("a:9092", "[::1]:9092", "[fe80::1%eth0]:1", "k_1.local.:2")
+    assert config.redact_headers == ("x-api-key", "cookie")
+    assert config.request_id_header == "x-request-id"
+
+
+def test_str_and_int_subclasses_become_plain_values() -> None:
+    class Text(str):
+        pass
+
+    class Number(int):
+        pass
+
+    config = make(topic=Text("logs"), timeout=Number(3000), client_id=Text("me"))
+    assert type(config.topic) is str and type(config.client_id) is str
+    assert type(config.timeout) is int and config.timeout == 3000
+
+
+def test_hooks_of_one_argument_in_any_form_are_accepted() -> None:
+    class Hook:
+        def __call__(self, request: CapturedRequest) -> str:
+            return "x"
+
+    def two(request: CapturedRequest, extra: int = 1) -> int:
+        return extra
+
+    accepted = [Hook(), two, functools.partial(lambda a, r: a, 1), lambda *args: 1, len]
+    for hook in accepted:
+        for name in HOOKS:
+            assert getattr(make(**{name: hook}), name) is hook
+        assert make(custom_fields={"a.b": hook}).custom_fields == {"a.b": hook}
+
+
+def test_strings_accept_any_unicode_text() -> None:
+    config = make(
+        workspace="w\u00e9",
+        workspace_name="",
+        client_id="caf\u00e9 \U0001f600",
+        key_query_arg="\u00e9",
+        custom_fields={"x y.\u00e9": _hook},
+    )
+    assert config.workspace == "w\u00e9" and config.workspace_name == ""
+
+
+def test_service_is_kept_as_the_json_it_will_be_logged_as() -> None:
+    when = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
+    tags = ["a"]
+    original = {"name": "orders", "tags": tags, "pair": (1, 2), "since": when, "ratio": 0.5}
+    config = make(service=original)
+    assert config.service == orjson.loads(orjson.dumps(original))
+    tags.append("b")  # the caller's objects may change afterwards: the entry does not
+    original["name"] = "changed"
+    scope = http_scope()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        pass
+
+    entry = build_entry(CapturedRequest(scope, config, receive, send))
+    assert entry["service"] == {
+        "name": "orders",
+        "tags": ["a"],
+        "pair": [1, 2],
+        "since": "2024-05-01T12:00:00+00:00",
+        "ratio": 0.5,
+    }
+    assert config == make(service=config.service)
+
+
+def test_checks_cover_every_field_in_order() -> None:
+    assert list(config_module._CHECKS) == [f.name for f in dataclasses.fields(KafkaLogConfig)]
+
+
+def test_a_config_rebuilt_from_its_own_values_is_equal() -> None:
+    config = make(
+        bootstrap_servers="a:1,[::1]:2",
+        service={"name": "s"},
+        redact_headers=["X-A"],
+        request_id_header="X-Id",
+        custom_fields={"a": _hook},
+        producer_backend="confluent",
+    )
+    assert KafkaLogConfig(**vars(config)) == config
+
+
+# -- the environment --------------------------------------------------------------------
+
+ENV = {"KAFKA_LOG_BOOTSTRAP_SERVERS": "k1:9092", "KAFKA_LOG_TOPIC": "access"}
+
+
+@pytest.fixture
+def env_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Fresh once-per-process memory of warned variables; captures the package's log."""
+    config_module._warned_env.clear()
+    caplog.set_level(logging.DEBUG, logger="kafka_log_middleware")
+    yield caplog
+    config_module._warned_env.clear()
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("variable", "suggestion"),
+    [
+        ("KAFKA_LOG_TIMOUT", "KAFKA_LOG_TIMEOUT"),
+        ("KAFKA_LOG_BOOTSTRAP_SERVER", "KAFKA_LOG_BOOTSTRAP_SERVERS"),
+        ("KAFKA_LOG_FORMAT", "KAFKA_LOG_LOG_FORMAT"),
+        ("KAFKA_LOG_ACKS", "KAFKA_LOG_PRODUCER_REQUEST_ACKS"),
+        ("KAFKA_LOG_SERVERS", "KAFKA_LOG_BOOTSTRAP_SERVERS"),
+        ("KAFKA_LOG_SHUTDOWN", "KAFKA_LOG_SHUTDOWN_TIMEOUT"),
+        ("KAFKA_LOG_topic", "KAFKA_LOG_TOPIC"),
+        ("KAFKA_LOG_KEEP_ALIVE", "KAFKA_LOG_KEEPALIVE"),
+    ],
+)
+def test_a_misspelt_variable_is_ignored_with_one_warning_naming_the_closest(
+    env_warnings: pytest.LogCaptureFixture, variable: str, suggestion: str
+) -> None:
+    env = {**ENV, variable: "s3cret"}
+    assert KafkaLogConfig.from_env(environ=env) == make(bootstrap_servers="k1:9092", topic="access")
+    KafkaLogConfig.from_env(environ=env)  # once per variable per process
+    [warning] = warnings_of(env_warnings)
+    assert variable in warning and f"did you mean {suggestion}?" in warning
+    assert "s3cret" not in warning
+    assert {r.name for r in env_warnings.records} == {"kafka_log_middleware"}
+
+
+def test_variables_of_kafkas_own_images_are_not_warned_about(
+    env_warnings: pytest.LogCaptureFixture,
+) -> None:
+    broker_settings = [
+        "DIRS", "DIR", "RETENTION_HOURS", "RETENTION_BYTES", "RETENTION_MS",
+        "RETENTION_CHECK_INTERVAL_MS", "SEGMENT_BYTES", "ROLL_HOURS", "CLEANUP_POLICY",
+        "CLEANER_ENABLE", "CLEANER_THREADS", "FLUSH_INTERVAL_MESSAGES", "FLUSH_INTERVAL_MS",
+        "MESSAGE_FORMAT_VERSION", "MESSAGE_TIMESTAMP_TYPE", "INDEX_SIZE_MAX_BYTES",
+        "PREALLOCATE", "LOCAL_RETENTION_MS", "LEVEL",
+    ]  # fmt: skip
+    env = {**ENV, **{f"KAFKA_LOG_{name}": "1" for name in broker_settings}}
+    KafkaLogConfig.from_env(environ=env)
+    assert warnings_of(env_warnings) == []
+    # A quiet mention, for whoever turns debug logging on.
+    assert any("KAFKA_LOG_DIRS" in r.getMessage() for r in env_warnings.records)
+
+
+@pytest.mark.parametrize(
+    "field", ["route", "consumer", "authenticated_entity", "custom_fields", "key"]
+)
+def test_a_variable_for_a_hook_is_ignored_with_a_warning(
+    env_warnings: pytest.LogCaptureFixture, field: str
+) -> None:
+    variable = f"KAFKA_LOG_{field.upper()}"
+    config = KafkaLogConfig.from_env(environ={**ENV, variable: "mod:fn"})
+    assert getattr(config, field) == getattr(make(), field)
+    [warning] = warnings_of(env_warnings)
+    assert variable in warning and f"from_env({field}=...)" in warning
+
+
+def test_service_comes_from_the_environment_as_a_json_object() -> None:
+    env = {**ENV, "KAFKA_LOG_SERVICE": '{"name": "orders", "tags": ["a"]}'}
+    assert KafkaLogConfig.from_env(environ=env).service == {"name": "orders", "tags": ["a"]}
+    overridden = KafkaLogConfig.from_env(environ=env, service={"name": "default"})
+    assert overridden.service == {"name": "orders", "tags": ["a"]}  # keywords are defaults
+    assert KafkaLogConfig.from_env(environ={**ENV, "KAFKA_LOG_SERVICE": " "}).service is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("KAFKA_LOG_SERVICE", '["s3cret"]'),
+        ("KAFKA_LOG_SERVICE", "s3cret"),
+        ("KAFKA_LOG_TIMEOUT", "s3cret"),
+        ("KAFKA_LOG_PRODUCER_ASYNC", "s3cret"),
+        ("KAFKA_LOG_NATIVE_SERIALIZER", "s3cret"),
+    ],
+)
+def test_a_variable_that_does_not_parse_is_named_and_never_quoted(variable: str, raw: str) -> None:
+    with pytest.raises(ValueError, match=variable) as raised:
+        KafkaLogConfig.from_env(environ={**ENV, variable: raw})
+    assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "field"),
+    [
+        ("KAFKA_LOG_TIMEOUT", "5", "timeout"),
+        ("KAFKA_LOG_PRODUCER_REQUEST_RETRIES_MAX_ATTEMPTS", "0", "producer_request_retries"),
+        ("KAFKA_LOG_REQUEST_ID_HEADER", "x id", "request_id_header"),
+        ("KAFKA_LOG_LOG_FORMAT", "kong1", "log_format"),
+        ("KAFKA_LOG_TOPIC", "a/b", "topic"),
+    ],
+)
+def test_a_value_refused_by_the_config_names_its_variable(
+    variable: str, raw: str, field: str
+) -> None:
+    with pytest.raises(InvalidConfig, match=f"^{variable}: {field}"):
+        KafkaLogConfig.from_env(environ={**ENV, variable: raw})
+
+
+def test_a_refusal_of_a_keyword_default_does_not_blame_a_variable() -> None:
+    with pytest.raises(InvalidConfig, match=r"^timeout") as raised:
+        KafkaLogConfig.from_env(environ=ENV, timeout=5)
+    assert "KAFKA_LOG" not in str(raised.value)
+
+
+# -- the edge values through a real broker ----------------------------------------------
+
+
+async def _ok(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+async def _publish_one(config: KafkaLogConfig) -> dict[str, int]:
+    middleware = KafkaLogMiddleware(Starlette(routes=[Route("/", _ok)]), config)
+    async with lifespan(middleware):
+        assert (await request(middleware, http_scope("/"))).status == 200
+        await eventually(lambda: middleware.stats()["pending"] == 0, timeout=60)
+    return middleware.stats()
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_the_highest_values_deliver(kafka_bootstrap: str, backend: str) -> None:
+    # producer_async=False: with the longest flush timer, entries would wait 24 days; the
+    # topic exists first: aiokafka waits retry_backoff_ms between metadata polls for a new one.
+    config = highest(
+        backend,
+        bootstrap_servers=kafka_bootstrap,
+        topic=unique_topic("config-highest"),
+        producer_async=False,
+        producer_request_acks=-1,
+    )
+    await create_topic(kafka_bootstrap, config.topic)
+    stats = await _publish_one(config)
+    assert (stats["delivered"], stats["dropped"]) == (1, 0)
+    assert len(await consume(kafka_bootstrap, config.topic, 1, timeout=10)) == 1
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_the_lowest_values_deliver(kafka_bootstrap: str, backend: str) -> None:
+    # Every integer at its minimum but those that bound a delivery on a busy machine:
+    # `timeout` (10 ms) and one attempt may legitimately fail here, and no entry fits in
+    # one byte (it would be dropped as too_large, as configured).
+    config = lowest(
+        bootstrap_servers=kafka_bootstrap,
+        topic=unique_topic("config-lowest"),
+        producer_backend=backend,
+        timeout=10000,
+        producer_request_retries_max_attempts=10,
+        producer_request_limits_bytes_per_request=4096,
+        shutdown_timeout=5000,
+    )
+    stats = await _publish_one(config)
+    assert (stats["delivered"], stats["dropped"]) == (1, 0)
+    assert len(await consume(kafka_bootstrap, config.topic, 1, timeout=10)) == 1
