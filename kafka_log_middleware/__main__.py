@@ -249,5 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def tail_main() -> int:
+    """The ``kafka-log-tail`` command: ``python -m kafka_log_middleware tail``."""
+    return main(["tail", *sys.argv[1:]])
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -109,7 +109,7 @@ def _new_plan(config: KafkaLogConfig) -> Any:
                 authenticated_entity=config.authenticated_entity,
             )
         except Exception:
-            plan = None  # e.g. a kong3 request_id_header that is not latin-1
+            plan = None  # a config the native Plan cannot take: the Python path
     return plan
 
 

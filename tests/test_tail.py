@@ -245,3 +245,18 @@ def test_no_command_is_one_line_and_exit_status_2(
         main([])
     assert exit_.value.code == 2
     assert "error:" in one_line(capsysbinary.readouterr().err.decode())
+
+
+@pytest.mark.kafka
+def test_the_kafka_log_tail_command_is_tail(
+    capsysbinary: pytest.CaptureFixture[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    kafka_bootstrap: str,
+    busy_topic: str,
+) -> None:
+    from kafka_log_middleware.__main__ import tail_main
+
+    argv = ["kafka-log-tail", busy_topic, "--bootstrap-servers", kafka_bootstrap]
+    monkeypatch.setattr(sys, "argv", [*argv, "--from-beginning", "--count", "3"])
+    assert tail_main() == 0
+    assert len(capsysbinary.readouterr().out.splitlines()) == 3
