@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import http
 import os
+import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, unquote_to_bytes
 
 from .types import Scope
@@ -22,6 +23,8 @@ MAX_ARGS = 100
 """``lua_max_uri_args`` default: Kong logs at most this many query arguments."""
 MAX_HEADERS = 100
 """``lua_max_req_headers`` default: Kong logs at most this many headers."""
+SERVER_NAME = "kong"
+"""``$host`` of a request that names no host: the ``server_name`` of Kong's proxy server."""
 
 SERVER_ERROR_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-type", b"text/plain; charset=utf-8"),
@@ -36,6 +39,10 @@ _REASONS: dict[int, str] = {s.value: s.phrase for s in http.HTTPStatus}
 _STATUS_LINES: dict[int, int] = {}
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://")
+# Header name characters nginx accepts: letters, digits, "-" and, as Kong turns on
+# `underscores_in_headers`, "_". Names with any other byte are ignored (ignore_invalid_headers).
+_NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 _TLS_VERSIONS = {
     0x0300: "SSLv3",
@@ -89,37 +96,107 @@ def text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def raw_target(scope: Scope) -> bytes:
-    """The raw request target (path and ``?query``) as the client sent it."""
-    path = scope.get("raw_path")
-    if path is None:
-        root = scope.get("root_path", "")
-        full = scope.get("path", "/")
-        if root and not full.startswith(root):
-            full = root + full
-        path = quote(full, safe=_PATH_SAFE).encode("ascii")
-    query = scope.get("query_string")
-    return path + b"?" + query if query else path
+class Target(NamedTuple):
+    """The request target as Kong's nginx reads it, from the ASGI path and query."""
+
+    uri: bytes
+    """``$request_uri``: the target as sent, path-only for an absolute-form target."""
+    host: bytes | None
+    """The host an absolute-form target names (it wins over the Host header), else None."""
+    args: bytes
+    """``$args``, what ``ngx.req.get_uri_args()`` parses: the query before any ``#``."""
+    size: int
+    """Bytes of the target as the client sent it (part of ``$request_length``)."""
+
+
+def target(scope: Scope) -> Target:
+    """The request target: ``raw_path`` (else the quoted ``root_path + path``) and ``?query``.
+
+    nginx cuts ``$args`` at a ``#`` and, after a ``#`` in the path, sees no arguments at
+    all; ``$request_uri`` keeps them as sent.
+    """
+    path = _raw_path(scope)
+    query = scope.get("query_string") or b""
+    size = len(path) + len(query) + 1 if query else len(path)
+    args = query
+    if b"#" in path:
+        args = b""
+    elif b"#" in query:
+        args = query.partition(b"#")[0]
+    host = None
+    root = scope.get("root_path")
+    if path[:1] != b"/" or root:
+        path, host = _origin_form(path, root, bool(query))
+    return Target(path + b"?" + query if query else path, host, args, size)
+
+
+def _raw_path(scope: Scope) -> bytes:
+    path: bytes | None = scope.get("raw_path")
+    if path is not None:
+        return path
+    root = scope.get("root_path", "")
+    full = scope.get("path", "/")
+    if root and not full.startswith(root):
+        full = root + full
+    return quote(full, safe=_PATH_SAFE).encode("ascii")
+
+
+def _origin_form(path: bytes, root: Any, has_query: bool) -> tuple[bytes, bytes | None]:
+    """An absolute-form path (``http://user@host:port/p``) as nginx logs it: ``/p``, and its host.
+
+    uvicorn (h11) hands the absolute form over as the path, after its ``root_path``.
+    nginx's ``$request_uri`` starts at the path ("/" when there is none, nothing before
+    a bare ``?query``). Userinfo, which nginx refuses, is never kept: neither from an
+    absolute-form target nor from another one that does not start with ``/`` (CONNECT's
+    ``host:port``, ``*``).
+    """
+    start = 0
+    if path[:1] == b"/":
+        prefix = quote(root, safe=_PATH_SAFE).encode("ascii")
+        if not path.startswith(prefix):
+            return path, None
+        start = len(prefix)
+    scheme = _SCHEME.match(path, start)
+    if scheme is None:
+        if start:  # the origin form, after root_path
+            return path, None
+        end = path.find(b"/")
+        at = path.rfind(b"@", 0, end if end >= 0 else len(path))
+        return path[at + 1 :], None
+    authority = scheme.end()
+    end = path.find(b"/", authority)
+    if end < 0:
+        end = len(path)
+    host_start = max(path.rfind(b"@", authority, end) + 1, authority)
+    return path[:start] + (path[end:] or (b"" if has_query else b"/")), path[host_start:end] or None
 
 
 def request_uri(scope: Scope) -> str:
     """``$request_uri``: the original request target, not decoded, with its ``?query``."""
-    return text(raw_target(scope))
+    return text(target(scope).uri)
 
 
-def host(scope: Scope) -> str:
-    """``$host``: the Host header without its port, lower-cased, else the server's address."""
-    for name, value in scope.get("headers", ()):
-        if name.lower() == b"host":
+def query_args(scope: Scope) -> bytes:
+    """``$args``: the query string as ``ngx.req.get_uri_args()`` sees it (see :func:`target`)."""
+    return target(scope).args
+
+
+def host(scope: Scope, parsed: Target | None = None) -> str:
+    """``$host``: the host of an absolute-form target, else the Host header's, else Kong's
+    server name; without its port, lower-cased. ``parsed``: the scope's target, if known."""
+    name = (parsed if parsed is not None else target(scope)).host
+    if name is not None:
+        return _host_name(name)
+    for key, value in scope.get("headers", ()):
+        if key.lower() == b"host":
             return _host_name(value)
-    server = scope.get("server")
-    if server and server[1] is not None:
-        return str(server[0])
-    return "localhost"  # unix socket: nginx would use its server_name
+    return SERVER_NAME
 
 
 def _host_name(value: bytes) -> str:
     # ngx_http_validate_host: an IPv6 literal keeps its brackets; one trailing dot goes.
+    # nginx has already trimmed the spaces around a header value.
+    value = value.strip(b" ")
     if value.startswith(b"["):
         end = value.find(b"]")
         name = value[: end + 1] if end > 0 else value
@@ -138,18 +215,41 @@ def server_port(scope: Scope) -> int | None:
     return int(server[1])
 
 
-def request_length(request: CapturedRequest) -> int:
-    """``$request_length``: bytes of the request line, header block and body."""
+def request_length(request: CapturedRequest, parsed: Target | None = None) -> int:
+    """``$request_length``: bytes of the request line, header block and body.
+
+    Header lines count as ``name: value CRLF``, those nginx ignores included. A chunked
+    body counts as one chunk: its framing is not visible to ASGI (see :func:`chunk_framing`).
+    ``parsed``: the scope's target, if known.
+    """
     scope = request.scope
+    if parsed is None:
+        parsed = target(scope)
     # "METHOD SP target SP HTTP/x.y CRLF": "HTTP/" + version is 5 + len(version).
-    size = len(scope.get("method", "GET")) + len(raw_target(scope))
+    size = len(scope.get("method", "GET")) + parsed.size
     size += len(scope.get("http_version", "1.1")) + 9
     declared = 0
+    chunked = False
     for name, value in scope.get("headers", ()):
         size += len(name) + len(value) + 4  # "name: value CRLF"
         if len(name) == 14 and name.lower() == b"content-length" and value.isdigit():
             declared = int(value)
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            # The server de-chunked the body when "chunked" is the last coding.
+            chunked = value.rpartition(b",")[2].strip(b" \t").lower() == b"chunked"
+    if chunked:
+        return size + 2 + request.body_read + chunk_framing(request.body_read)
     return size + 2 + max(request.body_read, declared)
+
+
+def chunk_framing(body: int) -> int:
+    """Bytes of chunked framing around ``body`` bytes sent as one chunk (none if empty).
+
+    ``hex CRLF data CRLF``, then the last chunk ``0 CRLF CRLF``: the least framing a body
+    of that size can have. More chunks, chunk extensions or trailer fields add bytes
+    nginx counts and ASGI does not show.
+    """
+    return (len(f"{body:x}") + 4 if body else 0) + 5
 
 
 def bytes_sent(request: CapturedRequest) -> int:
@@ -201,12 +301,14 @@ def reason_phrase(status: int) -> str:
 def uri_args(
     query_string: bytes, max_args: int = MAX_ARGS, *, legacy_unescape: bool = False
 ) -> dict[str, Any]:
-    """``ngx.req.get_uri_args(max_args)``: the query as Kong's ``request.querystring``.
+    """``ngx.req.get_uri_args(max_args)`` of ``$args``: Kong's ``request.querystring``.
 
     Values are URL-decoded (``+`` is a space); ``?a`` → True, ``?a=`` → "", repeats → a
     list in order; empty keys are dropped and do not count toward ``max_args`` (the FFI
-    parser counts only kept args); ``max_args`` 0 means no limit. ``legacy_unescape``
-    gives the invalid-``%`` handling of lua-nginx-module < 0.10.20 (Kong 2.0).
+    parser counts only kept args); ``max_args`` 0 means no limit. An invalid ``%``
+    escape stays as sent, as in lua-nginx-module >= 0.10.20 (OpenResty >= 1.19.9.1:
+    Kong >= 2.6 and 3.x); ``legacy_unescape`` drops it as the older module did (Kong 2.0
+    ran 0.10.15 in OpenResty 1.15.8): ``%zz`` → ``zz``; ``%4z`` and a truncated ``%4`` vanish.
     """
     args: dict[str, Any] = {}
     if not query_string:
@@ -271,16 +373,41 @@ def _unescape_legacy(raw: bytes) -> str:
     return text(bytes(out))
 
 
+def request_headers(
+    raw: Iterable[tuple[bytes, bytes]], max_headers: int = MAX_HEADERS
+) -> dict[str, Any]:
+    """``ngx.req.get_headers(100)`` of the request headers, as Kong's nginx has them.
+
+    nginx ignores a header whose name has a byte other than a letter, a digit, ``-`` or
+    ``_`` (``ignore_invalid_headers``; Kong allows ``_``): it is neither logged nor
+    counted toward ``max_headers``. Values lose the spaces around them, as nginx's parser
+    trims them (tabs stay). Otherwise as :func:`headers`.
+    """
+    return _lua_table(raw, max_headers, True)
+
+
 def headers(raw: Iterable[tuple[bytes, bytes]], max_headers: int = MAX_HEADERS) -> dict[str, Any]:
     """``ngx.req.get_headers(100)``: names lower-cased, repeats → a list in order, first 100.
 
     ``max_headers`` 0 means no limit, as in ngx.
     """
+    return _lua_table(raw, max_headers, False)
+
+
+def _lua_table(
+    raw: Iterable[tuple[bytes, bytes]], max_headers: int, parsed_by_nginx: bool
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     limit = max_headers if max_headers > 0 else -1
-    for count, (name, value) in enumerate(raw):
+    count = 0
+    for name, value in raw:
+        if parsed_by_nginx:
+            if name.translate(None, _NAME_CHARS):
+                continue  # a byte other than the name characters
+            value = value.strip(b" ")
         if count == limit:
             break
+        count += 1
         key = name.lower().decode("latin-1")
         val = text(value)
         old = out.get(key)

@@ -55,7 +55,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installation
     _native_module = None  # type: ignore[assignment, unused-ignore]
 # A module built from another version of this package (another protocol) is ignored.
-_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 1 else None
+_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 2 else None
 
 _plans: dict[int, tuple[KafkaLogConfig, Any]] = {}
 """id(config) → (config, its native Plan or None); holding the config keeps the id unique."""
@@ -92,6 +92,7 @@ def _new_plan(config: KafkaLogConfig) -> Any:
                     server_error_headers=nginx_vars.SERVER_ERROR_HEADERS,
                     server_error_body=len(nginx_vars.SERVER_ERROR_BODY),
                     redacted=REDACTED,
+                    server_name=nginx_vars.SERVER_NAME,
                     edits_key=EDITS_KEY,
                     warn=_warn_hook,
                 )
@@ -128,9 +129,10 @@ def build_entry(request: CapturedRequest) -> dict[str, Any]:
     scope = request.scope
     kong3 = config.log_format == "kong3"
     answered = request.status != 0
-    uri = nginx_vars.request_uri(scope)
+    target = nginx_vars.target(scope)
+    uri = nginx_vars.text(target.uri)
     entry: dict[str, Any] = {
-        "request": _request(request, uri, kong3),
+        "request": _request(request, target, uri, kong3),
         "upstream_uri": uri,
         "response": _response(request, kong3),
         "latencies": _latencies(request, kong3),
@@ -164,20 +166,21 @@ def build_entry(request: CapturedRequest) -> dict[str, Any]:
     return entry
 
 
-def _request(request: CapturedRequest, uri: str, kong3: bool) -> dict[str, Any]:
+def _request(
+    request: CapturedRequest, target: nginx_vars.Target, uri: str, kong3: bool
+) -> dict[str, Any]:
     scope = request.scope
     config = request.config
-    headers = nginx_vars.headers(scope.get("headers", ()))
+    headers = nginx_vars.request_headers(scope.get("headers", ()))
     for name in config.redact_headers:
         if name in headers:
             headers[name] = REDACTED
-    size = nginx_vars.request_length(request)
+    size = nginx_vars.request_length(request, target)
     out: dict[str, Any] = {
         "uri": uri,
-        "url": _url(scope, uri, kong3),
-        "querystring": nginx_vars.uri_args(
-            scope.get("query_string", b""), legacy_unescape=not kong3
-        ),
+        "url": _url(scope, target, uri, kong3),
+        # Kong 2.0 ran lua-nginx-module 0.10.15, whose unescaping drops invalid escapes.
+        "querystring": nginx_vars.uri_args(target.args, legacy_unescape=not kong3),
         "method": scope.get("method", "GET"),
         "headers": headers,
         "size": size if kong3 else str(size),
@@ -190,9 +193,9 @@ def _request(request: CapturedRequest, uri: str, kong3: bool) -> dict[str, Any]:
     return out
 
 
-def _url(scope: Any, uri: str, kong3: bool) -> str:
+def _url(scope: Any, target: nginx_vars.Target, uri: str, kong3: bool) -> str:
     scheme = scope.get("scheme", "http")
-    host = nginx_vars.host(scope)
+    host = nginx_vars.host(scope, target)
     port = nginx_vars.server_port(scope)
     if port is None:
         if kong3:
@@ -291,7 +294,7 @@ def message_key(request: CapturedRequest) -> bytes | None:
     name = config.key_query_arg
     if name is None:
         return None
-    query = request.scope.get("query_string", b"")
+    query = nginx_vars.query_args(request.scope)
     if not query:
         return None
     value = nginx_vars.uri_args(query, legacy_unescape=config.log_format == "kong2").get(name)

@@ -22,6 +22,7 @@ class Tables:
         server_error_headers: Sequence[tuple[bytes, bytes]],
         server_error_body: int,
         redacted: str,
+        server_name: str,
         edits_key: str,
         warn: Callable[[str, Exception], object],
     ) -> Tables: ...

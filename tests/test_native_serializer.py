@@ -117,6 +117,15 @@ def _known_cases(tmp: Path) -> Iterator[tuple[str, CapturedRequest]]:
             ([(b"content-length", b"100")], {}),
             ([(b"content-length", b"x")], {}),
             ([(b"transfer-encoding", b"chunked")], {}),
+            ([(b"Transfer-Encoding", b"gzip, Chunked \t"), (b"content-length", b"100")], {}),
+            ([(b"transfer-encoding", b"chunked, gzip")], {}),
+            ([(b"X_Under", b"1"), (b"x.dot", b"2"), (b"x\xe9", b"3"), (b"x-s", b"  4  ")], {}),
+            (
+                [(b"x.h%d" % i, b"v") for i in range(10)]
+                + [(b"x-h%d" % i, b"v") for i in range(110)],
+                {},
+            ),
+            ([(b"host", b" H.example  "), (b"x-t", b"\tt\t")], {}),
         ]:
             scope = _get_scope()
             scope["headers"] = headers
@@ -182,6 +191,17 @@ def _known_cases(tmp: Path) -> Iterator[tuple[str, CapturedRequest]]:
             {"extensions": {"tls": {"tls_version": None, "cipher_suite": 0x1301}}},
             {"extensions": {"tls": {"tls_version": 0x0304}}},
             {"extensions": {}},
+            {"raw_path": b"http://user:s3cr3t@Example.COM:8080/x", "query_string": b"y=1"},
+            {"raw_path": b"http://example.com", "query_string": b"a=1"},
+            {"raw_path": b"http://example.com", "query_string": b""},
+            {"raw_path": b"https://[::1]:8443/p", "headers": []},
+            {"raw_path": b"/apihttp://u:p@h/x", "root_path": "/api"},
+            {"raw_path": b"/api/x@y", "root_path": "/api"},
+            {"raw_path": b"user:s3cr3t@example.com:443", "method": "CONNECT"},
+            {"raw_path": b"*", "method": "OPTIONS"},
+            {"raw_path": b"/a#frag", "query_string": b"x=1"},
+            {"raw_path": b"/a", "query_string": b"b=1#frag&c=2"},
+            {"raw_path": None, "path": "http://u:p@h/caf\u00e9"},
         ]
         for overrides in scope_changes:
             scope = _get_scope()
@@ -276,6 +296,7 @@ def _query(rng: random.Random) -> bytes:
         b"%5C",
         b"=",
         b"%0a",
+        b"#",
     ]
     count = rng.choice([0, 1, 2, 3, 5, 8, 20, 105, 130])
     parts = []
@@ -310,6 +331,10 @@ _NAMES = [
     b'x-"q"',
     b"x-\x01",
     b"set-cookie",
+    b"X_Under",
+    b"x.dot",
+    b"transfer-encoding",
+    b"Transfer-Encoding",
 ]
 
 
@@ -333,6 +358,8 @@ def _headers(rng: random.Random, limit: int) -> list[tuple[bytes, bytes]]:
             )
         elif name.lower() == b"content-length":
             value = rng.choice([b"0", b"27", b"0012", b"x", b"", b"-1", b"99999999999999"])
+        elif name.lower() == b"transfer-encoding":
+            value = rng.choice([b"chunked", b"Chunked ", b"gzip, chunked", b"chunked, gzip", b""])
         else:
             value = _text_bytes(rng)
         headers.append((name, value))
@@ -464,11 +491,24 @@ def _random_request(rng: random.Random, tmp: Path) -> CapturedRequest:
                 b"",
                 b'/"q"\\',
                 b"/a%20b",
+                b"http://user:pw@Example.COM:8080/x",
+                b"http://h",
+                b"https://[::1]/p",
+                b"x://@/",
+                b"u:pw@h:443",
+                b"*",
+                b"/a#f",
+                b"/api/x",
+                b"/apihttp://u@h/x",
             ]
         )
         scope["path"] = "/ignored"
+        if rng.random() < 0.3:
+            scope["root_path"] = rng.choice(["", "/api", "/\u00e9", b"/api"])
     else:
-        scope["path"] = rng.choice(["/a b", "/caf\u00e9", "/api/items", "/q?x", "", "/~:@!"])
+        scope["path"] = rng.choice(
+            ["/a b", "/caf\u00e9", "/api/items", "/q?x", "", "/~:@!", "http://u:p@h/x", "a#b"]
+        )
         scope["root_path"] = rng.choice(["", "/api", "/\u00e9"])
     if rng.random() < 0.3:
         scope["extensions"] = _tls(rng)

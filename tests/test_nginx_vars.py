@@ -70,6 +70,55 @@ def test_request_uri_without_raw_path_does_not_repeat_root_path_already_in_path(
     assert nginx_vars.request_uri(scope) == "/api/items"
 
 
+# -- absolute-form and other targets -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "query", "uri", "named"),
+    [
+        (b"http://user:pass@Example.COM:8080/x", b"y=1", b"/x?y=1", b"Example.COM:8080"),
+        (b"https://h.example/a/b", b"", b"/a/b", b"h.example"),
+        (b"http://[::1]:8080/p", b"", b"/p", b"[::1]:8080"),
+        (b"http://example.com", b"", b"/", b"example.com"),  # nginx: "/" for no path
+        (b"http://example.com", b"a=1", b"?a=1", b"example.com"),  # and nothing before "?"
+        (b"http://u:p@", b"", b"/", None),
+        (b"HTTP+x.y-z://h/p", b"", b"/p", b"h"),
+        (b"/x/http://h/p", b"", b"/x/http://h/p", None),  # the origin form stays as it is
+        (b"/a@b/c", b"", b"/a@b/c", None),
+    ],
+)
+def test_absolute_form_target_is_path_only_and_names_the_host(
+    raw_path: bytes, query: bytes, uri: bytes, named: bytes | None
+) -> None:
+    target = nginx_vars.target(_scope(raw_path=raw_path, query_string=query))
+    assert (target.uri, target.host) == (uri, named)
+    assert target.size == len(raw_path) + (len(query) + 1 if query else 0)
+
+
+def test_absolute_form_after_root_path_and_in_a_path_without_raw_path() -> None:
+    scope = _scope(raw_path=b"/apihttp://u:s3cr3t@h/x", root_path="/api")
+    assert nginx_vars.target(scope)[:2] == (b"/api/x", b"h")
+    scope = _scope(raw_path=b"/api/x@y", root_path="/api")
+    assert nginx_vars.target(scope)[:2] == (b"/api/x@y", None)
+    scope = _scope(raw_path=None, path="http://u:s3cr3t@h/caf\u00e9")
+    assert nginx_vars.target(scope)[:2] == (b"/caf%C3%A9", b"h")
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "uri"), [(b"user:s3cr3t@example.com:443", b"example.com:443"), (b"*", b"*")]
+)
+def test_other_targets_are_logged_as_sent_without_userinfo(raw_path: bytes, uri: bytes) -> None:
+    assert nginx_vars.target(_scope(raw_path=raw_path)) == (uri, None, b"", len(raw_path))
+
+
+def test_args_end_at_a_fragment_and_a_fragment_in_the_path_leaves_none() -> None:
+    # nginx cuts $args at "#"; after a "#" in the path a "?" starts no args at all.
+    assert nginx_vars.target(_scope(raw_path=b"/a", query_string=b"b=1#f&c")).args == b"b=1"
+    target = nginx_vars.target(_scope(raw_path=b"/a#f", query_string=b"x=1"))
+    assert (target.uri, target.args) == (b"/a#f?x=1", b"")
+    assert nginx_vars.query_args(_scope(query_string=b"k=v")) == b"k=v"
+
+
 # -- $host, $server_port -----------------------------------------------------------
 
 
@@ -87,12 +136,20 @@ def test_host_is_host_header_without_port_lower_cased(value: bytes, expected: st
     assert nginx_vars.host(_scope(headers=[(b"Host", value)])) == expected
 
 
-def test_host_without_host_header_is_server_address() -> None:
-    assert nginx_vars.host(_scope(headers=[])) == "127.0.0.1"
+@pytest.mark.parametrize("server", [("127.0.0.1", 8000), ("/tmp/app.sock", None), None])
+def test_host_without_host_header_is_kongs_server_name(server: Any) -> None:
+    # HTTP/1.0 without Host: nginx's $host is the server_name, "kong" in Kong's template.
+    assert nginx_vars.host(_scope(headers=[], server=server)) == "kong"
 
 
-def test_host_without_host_header_on_unix_socket_is_localhost() -> None:
-    assert nginx_vars.host(_scope(headers=[], server=("/tmp/app.sock", None))) == "localhost"
+def test_host_of_an_absolute_form_target_wins_over_the_host_header() -> None:
+    scope = _scope(raw_path=b"http://u:p@API.example.com.:8080/x", headers=[(b"host", b"other")])
+    assert nginx_vars.host(scope) == "api.example.com"
+    assert nginx_vars.host(scope, nginx_vars.target(scope)) == "api.example.com"
+
+
+def test_host_header_loses_the_spaces_around_it() -> None:
+    assert nginx_vars.host(_scope(headers=[(b"host", b" Example.com  ")])) == "example.com"
 
 
 def test_server_port() -> None:
@@ -122,9 +179,39 @@ def test_request_length_counts_content_length_when_the_app_read_less() -> None:
 
 
 def test_request_length_counts_body_read_when_larger_than_content_length() -> None:
-    scope = _scope(raw_path=b"/", headers=[(b"transfer-encoding", b"chunked")])
-    base = len(b"GET / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n")
+    scope = _scope(raw_path=b"/", headers=[(b"content-length", b"2")])
+    base = len(b"GET / HTTP/1.1\r\ncontent-length: 2\r\n\r\n")
     assert nginx_vars.request_length(_captured(scope, body_read=42)) == base + 42
+
+
+@pytest.mark.parametrize("value", [b"chunked", b"Chunked", b"gzip, chunked"])
+def test_request_length_counts_a_chunked_body_as_one_chunk(value: bytes) -> None:
+    scope = _scope(raw_path=b"/", headers=[(b"transfer-encoding", value)])
+    head = b"GET / HTTP/1.1\r\ntransfer-encoding: %s\r\n\r\n" % value
+    body = b"2a\r\n" + b"x" * 42 + b"\r\n0\r\n\r\n"
+    assert nginx_vars.request_length(_captured(scope, body_read=42)) == len(head + body)
+    assert nginx_vars.request_length(_captured(scope)) == len(head + b"0\r\n\r\n")
+
+
+def test_request_length_of_a_chunked_body_ignores_content_length() -> None:
+    headers = [(b"transfer-encoding", b"chunked"), (b"content-length", b"100")]
+    raw = b"GET / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n"
+    raw += b"5\r\nhello\r\n0\r\n\r\n"
+    assert nginx_vars.request_length(
+        _captured(_scope(raw_path=b"/", headers=headers), body_read=5)
+    ) == len(raw)
+
+
+@pytest.mark.parametrize(("body", "framing"), [(0, 5), (1, 10), (15, 10), (16, 11), (4096, 13)])
+def test_chunk_framing(body: int, framing: int) -> None:
+    assert nginx_vars.chunk_framing(body) == framing
+
+
+def test_request_length_counts_the_target_as_sent_and_headers_nginx_ignores() -> None:
+    headers = [(b"host", b"other"), (b"x.dot", b"1")]
+    scope = _scope(raw_path=b"http://u:p@h/x", query_string=b"y=1", headers=headers)
+    raw = b"GET http://u:p@h/x?y=1 HTTP/1.1\r\nhost: other\r\nx.dot: 1\r\n\r\n"
+    assert nginx_vars.request_length(_captured(scope)) == len(raw)
 
 
 def test_request_length_uses_the_request_http_version() -> None:
@@ -222,6 +309,7 @@ def test_uri_args(query: bytes, expected: dict[str, Any]) -> None:
     assert nginx_vars.uri_args(query) == expected
 
 
+# lua-nginx-module < 0.10.20 (OpenResty < 1.19.9.1): Kong 2.0 (0.10.15) to 2.5.
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
@@ -278,6 +366,26 @@ def test_headers_keeps_the_first_100() -> None:
     raw = [(b"x-h%d" % i, b"v") for i in range(120)]
     assert list(nginx_vars.headers(raw)) == [f"x-h{i}" for i in range(100)]
     assert len(nginx_vars.headers(raw, max_headers=0)) == 120
+
+
+def test_request_headers_leave_out_the_names_nginx_ignores() -> None:
+    # Letters, digits, "-" and (Kong: underscores_in_headers on) "_"; others are ignored.
+    raw = [(b"X_Under", b"1"), (b"x.dot", b"2"), (b"x~t", b"3"), (b"x\xe9", b"4"), (b"A-1", b"5")]
+    assert nginx_vars.request_headers(raw) == {"x_under": "1", "a-1": "5"}
+
+
+def test_request_headers_ignored_do_not_count_toward_the_limit() -> None:
+    raw = [(b"x.h%d" % i, b"v") for i in range(10)] + [(b"x-h%d" % i, b"v") for i in range(110)]
+    assert list(nginx_vars.request_headers(raw)) == [f"x-h{i}" for i in range(100)]
+
+
+def test_request_headers_trim_spaces_around_values_not_tabs() -> None:
+    raw = [(b"x-a", b"  padded  "), (b"x-b", b"\ttab\t"), (b"x-c", b"   ")]
+    assert nginx_vars.request_headers(raw) == {"x-a": "padded", "x-b": "\ttab\t", "x-c": ""}
+
+
+def test_response_headers_are_kept_as_sent() -> None:
+    assert nginx_vars.headers([(b"x.dot", b" 1 ")]) == {"x.dot": " 1 "}
 
 
 def test_headers_decode_utf8_and_fall_back_to_latin1() -> None:

@@ -11,15 +11,17 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+import orjson
 import pytest
 import uvicorn
 
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig
 from kafka_log_middleware.nginx_vars import bytes_sent, request_length
-from kafka_log_middleware.serializer import build_entry
+from kafka_log_middleware.serializer import build_entry, encode_entry
 from kafka_log_middleware.types import ASGIApp, Receive, Scope, Send
 
 CONFIG = KafkaLogConfig(bootstrap_servers=("127.0.0.1:9092",), topic="t", log_format="kong3")
@@ -78,15 +80,12 @@ class Server(NamedTuple):
     """uvicorn's HTTP implementation: ``h11`` or ``httptools`` (its default when installed)."""
 
 
-@pytest.fixture(scope="module", params=["h11", "httptools"])
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    """uvicorn serving ``app`` behind a :class:`Recorder`, in a thread, on a free port."""
-    recorder = Recorder(app)
+@contextmanager
+def uvicorn_on_free_port(app: ASGIApp, http: str) -> Iterator[int]:
+    """uvicorn (HTTP implementation ``http``) serving ``app`` in a thread; yields its port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        recorder, lifespan="off", http=request.param, loop="asyncio", log_level="critical"
-    )
+    config = uvicorn.Config(app, lifespan="off", http=http, loop="asyncio", log_level="critical")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -95,11 +94,19 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)
     try:
-        yield Server(recorder, sock.getsockname()[1], request.param)
+        yield int(sock.getsockname()[1])
     finally:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+@pytest.fixture(scope="module", params=["h11", "httptools"])
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """uvicorn serving ``app`` behind a :class:`Recorder`, in a thread, on a free port."""
+    recorder = Recorder(app)
+    with uvicorn_on_free_port(recorder, request.param) as port:
+        yield Server(recorder, port, request.param)
 
 
 def exchange(port: int, raw: bytes, *, head: bool = False) -> bytes:
@@ -224,3 +231,36 @@ def test_app_raised_counts_the_servers_500(server: Server) -> None:
     entry: dict[str, Any] = build_entry(capture)
     assert entry["response"]["status"] == 500
     assert entry["source"] == "kong"
+
+
+SECRET = b"s3cr3t"
+
+
+def test_absolute_form_target_is_logged_path_only_without_its_credentials(server: Server) -> None:
+    recorder, port, http = server
+    authority = b"http://user:%s@Example.COM:8080" % SECRET
+    raw = b"GET %s/x?y=1 HTTP/1.1\r\nHost: other.example\r\n\r\n" % authority
+    count = len(recorder.captures) + 1
+    exchange(port, raw)
+    capture = recorder.wait(count)
+    for layout in ("kong2", "kong3"):
+        capture.config = KafkaLogConfig(
+            bootstrap_servers=("127.0.0.1:9092",), topic="t", log_format=layout
+        )
+        data = encode_entry(capture)
+        assert SECRET not in data
+        assert b"user" not in data
+        entry = orjson.loads(data)
+        assert entry["request"]["uri"] == entry["upstream_uri"] == "/x?y=1"
+        assert entry["request"]["querystring"] == {"y": "1"}
+        if layout == "kong2":
+            assert data == orjson.dumps(build_entry(capture))
+    url = entry["request"]["url"]
+    if http == "h11":
+        # h11 hands over the whole target: nginx's $host (the request line's) and length.
+        assert url == f"http://example.com:{port}/x?y=1"
+        assert request_length(capture) == len(raw)
+    else:
+        # httptools keeps only its path and query: the Host header, the target's bytes unseen.
+        assert url == f"http://other.example:{port}/x?y=1"
+        assert request_length(capture) == len(raw) - len(authority)

@@ -357,7 +357,8 @@ def test_no_request_headers_at_all(layout: LogFormat) -> None:
     scope["headers"] = []
     entry = build_entry(_request(scope, _config(layout)))
     assert entry["request"]["headers"] == {}
-    assert entry["request"]["url"] == "http://127.0.0.1:8000" + _GET_URI
+    # nginx's $host without a Host header (HTTP/1.0): Kong's server_name
+    assert entry["request"]["url"] == "http://kong:8000" + _GET_URI
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -402,6 +403,42 @@ def test_url_and_uri(layout: LogFormat) -> None:
     assert entry["request"]["uri"] == "/caf%C3%A9?x=1"
     assert entry["upstream_uri"] == "/caf%C3%A9?x=1"
     assert entry["request"]["url"] == "https://api.example.com:8000/caf%C3%A9?x=1"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_absolute_form_target_is_logged_path_only_without_credentials(layout: LogFormat) -> None:
+    # uvicorn's h11 protocol hands over the whole target as the path.
+    scope = _get_scope()
+    target = b"http://user:s3cr3t@API.Example.com:8080/orders/42"
+    scope.update(raw_path=target, path=target.decode(), query_string=b"page=2")
+    request = _request(scope, _config(layout))
+    entry = build_entry(request)
+    assert entry["request"]["uri"] == entry["upstream_uri"] == "/orders/42?page=2"
+    assert entry["request"]["url"] == "http://api.example.com:8000/orders/42?page=2"
+    assert entry["request"]["querystring"] == {"page": "2"}
+    head = len(b"GET  HTTP/1.1\r\n") + len(target + b"?page=2")
+    headers = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+    assert int(entry["request"]["size"]) == head + headers + 2
+    assert b"s3cr3t" not in orjson.dumps(entry)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_headers_nginx_ignores_are_not_logged_but_counted(layout: LogFormat) -> None:
+    scope = _get_scope()
+    scope["headers"] = [(b"host", b"h"), (b"x.dot", b"1"), (b"x_under", b"2"), (b"x-s", b" 3 ")]
+    entry = build_entry(_request(scope, _config(layout)))
+    assert entry["request"]["headers"] == {"host": "h", "x_under": "2", "x-s": "3"}
+    size = len(f"GET {_GET_URI} HTTP/1.1\r\n") + len("host: h\r\nx.dot: 1\r\nx_under: 2\r\n")
+    assert int(entry["request"]["size"]) == size + len("x-s:  3 \r\n\r\n")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_querystring_ends_at_a_fragment(layout: LogFormat) -> None:
+    scope = _get_scope()
+    scope["query_string"] = b"a=1#frag&b=2"
+    entry = build_entry(_request(scope, _config(layout)))
+    assert entry["request"]["querystring"] == {"a": "1"}
+    assert entry["request"]["uri"] == "/orders/42?a=1#frag&b=2"
 
 
 @pytest.mark.parametrize(
@@ -568,6 +605,7 @@ def test_no_message_key_by_default() -> None:
         (b"other=1", None),
         (b"", None),
         (b"tenant=caf%C3%A9", "caf\u00e9".encode()),
+        (b"tenant=acme#frag", b"acme"),
     ],
 )
 def test_message_key_from_query_arg(query: bytes, key: bytes | None) -> None:

@@ -86,7 +86,7 @@ fn head<'a, 'py>(
     let method = method_obj.as_ref().map_or(Ok("GET"), str_of)?;
     let query_obj = value_of(scope, intern!(py, "query_string"))?;
     let query = query_obj.as_ref().map_or(Ok(&b""[..]), bytes_of)?;
-    let target = raw_target(scope, query)?;
+    let target = request_target(scope, query)?;
     let header_obj = present(scope, intern!(py, "headers"))?;
     let mut header_pairs = Pairs::new();
     if let Some(header_obj) = &header_obj {
@@ -95,24 +95,24 @@ fn head<'a, 'py>(
     let headers = as_headers(&header_pairs);
 
     out.extend_from_slice(b"{\"request\":{\"uri\":");
-    json::text(out, &target);
+    json::text(out, &target.uri);
     out.extend_from_slice(b",\"url\":");
     write_url(out, plan, scope, &headers, &target)?;
     out.extend_from_slice(b",\"querystring\":");
     let mut args = Fields::new();
-    nginx::uri_args(&mut args, query, !plan.kong3);
+    nginx::uri_args(&mut args, target.args, !plan.kong3);
     write_args(out, &args);
     out.extend_from_slice(b",\"method\":");
     json::string(out, method);
     out.extend_from_slice(b",\"headers\":");
     let mut logged = Fields::new();
-    nginx::headers(&mut logged, &headers);
+    nginx::request_headers(&mut logged, &headers);
     for name in &plan.redact {
         logged.redact(name);
     }
     write_headers(out, &logged, Some(&tables.redacted));
     out.extend_from_slice(b",\"size\":");
-    let size = request_length(facts, scope, method, target.len(), &headers)?;
+    let size = request_length(facts, scope, method, target.size, &headers)?;
     write_size(out, plan, size);
     write_tls(out, tables, scope)?;
     if plan.kong3 {
@@ -120,7 +120,7 @@ fn head<'a, 'py>(
         write_request_id(out, plan, &headers)?;
     }
     out.extend_from_slice(b"},\"upstream_uri\":");
-    json::text(out, &target);
+    json::text(out, &target.uri);
 
     let status = int_of(facts.status)?;
     write_response(out, plan, facts, status, method == "HEAD")?;
@@ -303,19 +303,20 @@ fn nth<'py>(value: &Bound<'py, PyAny>, index: usize) -> Res<Option<Bound<'py, Py
 
 // -- request ---------------------------------------------------------------------------
 
-/// `raw_target()`: `raw_path` (else the quoted `root_path + path`) and `?query`.
-fn raw_target(scope: &Bound<'_, PyDict>, query: &[u8]) -> Res<Vec<u8>> {
+/// `target()`: `raw_path` (else the quoted `root_path + path`) and `?query`, as nginx
+/// reads them.
+fn request_target<'q>(scope: &Bound<'_, PyDict>, query: &'q [u8]) -> Res<nginx::Target<'q>> {
     let py = scope.py();
-    let raw_path = value_of(scope, intern!(py, "raw_path"))?;
-    let mut target = match &raw_path {
-        Some(path) => bytes_of(path)?.to_vec(),
+    let path = match value_of(scope, intern!(py, "raw_path"))? {
+        Some(path) => bytes_of(&path)?.to_vec(),
         None => quoted_path(scope)?,
     };
-    if !query.is_empty() {
-        target.push(b'?');
-        target.extend_from_slice(query);
-    }
-    Ok(target)
+    let root_obj = value_of(scope, intern!(py, "root_path"))?;
+    let root = match &root_obj {
+        Some(root) if root.is_truthy()? => Some(str_of(root)?),
+        _ => None,
+    };
+    Ok(nginx::target(path, root, query))
 }
 
 fn quoted_path(scope: &Bound<'_, PyDict>) -> Res<Vec<u8>> {
@@ -330,13 +331,14 @@ fn quoted_path(scope: &Bound<'_, PyDict>) -> Res<Vec<u8>> {
     Ok(nginx::quote_path(path))
 }
 
-/// `scheme://host[:port]uri`; kong2 always has a port (the scheme's when unknown).
+/// `scheme://host[:port]uri`; kong2 always has a port (the scheme's when unknown). The
+/// host: an absolute-form target's, else the Host header's, else the server name.
 fn write_url(
     out: &mut Vec<u8>,
     plan: &Plan,
     scope: &Bound<'_, PyDict>,
     headers: &[Header<'_>],
-    target: &[u8],
+    target: &nginx::Target<'_>,
 ) -> Res<()> {
     let py = scope.py();
     let scheme_obj = present(scope, intern!(py, "scheme"))?;
@@ -346,15 +348,15 @@ fn write_url(
     out.push(b'"');
     json::escape_utf8(out, scheme.as_bytes());
     out.extend_from_slice(b"://");
-    match headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(b"host"))
-    {
-        Some((_, value)) => json::escape_text(out, &nginx::host_name(value)),
-        None => match &server {
-            Some((address, Some(_))) => json::escape_utf8(out, str_of(address)?.as_bytes()),
-            _ => out.extend_from_slice(b"localhost"),
-        },
+    let named = target.host.as_deref().or_else(|| {
+        headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(b"host"))
+            .map(|(_, value)| *value)
+    });
+    match named {
+        Some(value) => json::escape_text(out, &nginx::host_name(value)),
+        None => json::escape_utf8(out, plan.tables.get().server_name.as_bytes()),
     }
     let port = match port {
         Some(port) => Some(port),
@@ -365,7 +367,7 @@ fn write_url(
         out.push(b':');
         json::int(out, port);
     }
-    json::escape_text(out, target);
+    json::escape_text(out, &target.uri);
     out.push(b'"');
     Ok(())
 }
@@ -438,7 +440,8 @@ fn write_list<V>(out: &mut Vec<u8>, first: &V, more: &[V], write: impl Fn(&mut V
     out.push(b']');
 }
 
-/// `$request_length`: request line, every header line, blank line and body.
+/// `$request_length`: request line, every header line, blank line and body (a chunked
+/// one as one chunk).
 fn request_length(
     facts: &Facts<'_, '_>,
     scope: &Bound<'_, PyDict>,
@@ -451,16 +454,23 @@ fn request_length(
     let version = version_obj.as_ref().map_or(Ok("1.1"), str_of)?;
     let mut size = (method.chars().count() + target_len + version.chars().count() + 9) as i128;
     let mut declared = 0;
+    let mut chunked = false;
     for &(name, value) in headers {
         size += (name.len() + value.len() + 4) as i128;
         if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
             if let Some(length) = nginx::declared_length(value).map_err(|()| Fallback)? {
                 declared = length;
             }
+        } else if name.len() == 17 && name.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked = nginx::is_chunked(value);
         }
     }
     let body_read = int_of(facts.body_read)?;
-    size += 2 + i128::from(body_read.max(declared));
+    size += 2 + if chunked {
+        i128::from(body_read) + i128::from(nginx::chunk_framing(body_read))
+    } else {
+        i128::from(body_read.max(declared))
+    };
     i64::try_from(size).map_err(|_| Fallback)
 }
 

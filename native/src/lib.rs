@@ -18,7 +18,7 @@ mod nginx;
 mod value;
 
 /// Version of the calling convention between this module and `serializer.py`.
-const PROTOCOL: u32 = 1;
+const PROTOCOL: u32 = 2;
 
 /// Constants of `kafka_log_middleware` the entry depends on, given once at import so
 /// that the Python modules stay their single source.
@@ -31,6 +31,8 @@ pub struct Tables {
     server_error_headers: Vec<(Vec<u8>, Vec<u8>)>,
     server_error_body: i64,
     redacted: String,
+    /// `nginx_vars.SERVER_NAME`: `$host` of a request that names no host.
+    server_name: String,
     edits_key: Py<PyString>,
     /// `serializer._warn_hook(field, exc)`: logs a hook that raised.
     warn: Py<PyAny>,
@@ -41,7 +43,7 @@ impl Tables {
     #[new]
     #[pyo3(signature = (
         *, reasons, tls_versions, ciphers, server_error_headers, server_error_body,
-        redacted, edits_key, warn
+        redacted, server_name, edits_key, warn
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -51,6 +53,7 @@ impl Tables {
         server_error_headers: Vec<(Vec<u8>, Vec<u8>)>,
         server_error_body: i64,
         redacted: String,
+        server_name: String,
         edits_key: Py<PyString>,
         warn: Py<PyAny>,
     ) -> Self {
@@ -65,6 +68,7 @@ impl Tables {
             server_error_headers,
             server_error_body,
             redacted,
+            server_name,
             edits_key,
             warn,
         }

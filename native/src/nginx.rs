@@ -43,9 +43,11 @@ pub fn lower(raw: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-/// `_host_name()`: an IPv6 literal keeps its brackets, else the part before `:`; one
-/// trailing dot goes; lower-cased (the caller decodes it with `text()`).
+/// `_host_name()`: the value without its surrounding spaces; an IPv6 literal keeps its
+/// brackets, else the part before `:`; one trailing dot goes; lower-cased (the caller
+/// decodes it with `text()`).
 pub fn host_name(value: &[u8]) -> Cow<'_, [u8]> {
+    let value = trim_spaces(value);
     let name = if value.starts_with(b"[") {
         match value.iter().position(|&b| b == b']') {
             Some(end) => &value[..=end],
@@ -55,6 +57,131 @@ pub fn host_name(value: &[u8]) -> Cow<'_, [u8]> {
         value.split(|&b| b == b':').next().unwrap_or(value)
     };
     lower(name.strip_suffix(b".").unwrap_or(name))
+}
+
+/// `value.strip(b" ")`.
+pub fn trim_spaces(value: &[u8]) -> &[u8] {
+    let start = value.iter().position(|&b| b != b' ').unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// `Target`: the request target as Kong's nginx reads it.
+pub struct Target<'q> {
+    /// `$request_uri`: the target as sent, path-only for an absolute-form target.
+    pub uri: Vec<u8>,
+    /// The host an absolute-form target names (it wins over the Host header).
+    pub host: Option<Vec<u8>>,
+    /// `$args`: the query before any `#`.
+    pub args: &'q [u8],
+    /// Bytes of the target as the client sent it.
+    pub size: usize,
+}
+
+/// `target()` of the path `_raw_path()` gives; `root` is `root_path` when it is truthy.
+pub fn target<'q>(path: Vec<u8>, root: Option<&str>, query: &'q [u8]) -> Target<'q> {
+    let size = path.len() + if query.is_empty() { 0 } else { query.len() + 1 };
+    let args = if path.contains(&b'#') {
+        &query[..0]
+    } else {
+        query.split(|&b| b == b'#').next().unwrap_or(query)
+    };
+    let (mut uri, host) = if path.first() != Some(&b'/') || root.is_some() {
+        origin_form(path, root.unwrap_or(""), !query.is_empty())
+    } else {
+        (path, None)
+    };
+    if !query.is_empty() {
+        uri.push(b'?');
+        uri.extend_from_slice(query);
+    }
+    Target {
+        uri,
+        host,
+        args,
+        size,
+    }
+}
+
+/// `_origin_form()`: an absolute-form path (`http://user@host:port/p`) as `/p` and its
+/// host; any other path that does not start with `/` without its userinfo.
+fn origin_form(path: Vec<u8>, root: &str, has_query: bool) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut start = 0;
+    if path.first() == Some(&b'/') {
+        let prefix = quote_path(root);
+        if !path.starts_with(&prefix) {
+            return (path, None);
+        }
+        start = prefix.len();
+    }
+    let Some(scheme) = scheme_len(&path[start..]) else {
+        if start > 0 {
+            return (path, None); // the origin form, after root_path
+        }
+        let end = find(&path, 0, b'/').unwrap_or(path.len());
+        return match path[..end].iter().rposition(|&b| b == b'@') {
+            Some(at) => (path[at + 1..].to_vec(), None),
+            None => (path, None),
+        };
+    };
+    let authority = start + scheme;
+    let end = find(&path, authority, b'/').unwrap_or(path.len());
+    let host_start = path[authority..end]
+        .iter()
+        .rposition(|&b| b == b'@')
+        .map_or(authority, |at| authority + at + 1);
+    let host = (host_start < end).then(|| path[host_start..end].to_vec());
+    let mut uri = path[..start].to_vec();
+    if end < path.len() {
+        uri.extend_from_slice(&path[end..]);
+    } else if !has_query {
+        uri.push(b'/');
+    }
+    (uri, host)
+}
+
+/// Length of a leading `scheme://` (`[A-Za-z][A-Za-z0-9+.-]*://`), if there is one.
+fn scheme_len(s: &[u8]) -> Option<usize> {
+    if !s.first()?.is_ascii_alphabetic() {
+        return None;
+    }
+    let len = s
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || b"+.-".contains(&b)))?;
+    s[len..].starts_with(b"://").then_some(len + 3)
+}
+
+fn find(s: &[u8], from: usize, byte: u8) -> Option<usize> {
+    s[from..].iter().position(|&b| b == byte).map(|i| from + i)
+}
+
+/// Bytes of `chunk_framing()`: `body` bytes sent as one chunk, then the last chunk.
+pub fn chunk_framing(body: i64) -> i64 {
+    let mut digits = i64::from(body < 0) + 1;
+    let mut rest = body.unsigned_abs() >> 4;
+    while rest != 0 {
+        digits += 1;
+        rest >>= 4;
+    }
+    (if body != 0 { digits + 4 } else { 0 }) + 5
+}
+
+/// Whether the last coding of a `transfer-encoding` value is `chunked`, as
+/// `request_length()` tests it.
+pub fn is_chunked(value: &[u8]) -> bool {
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or(value);
+    let start = last
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(last.len());
+    let end = last
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |i| i + 1);
+    last[start..end].eq_ignore_ascii_case(b"chunked")
 }
 
 /// `quote(path, safe=_PATH_SAFE)` of a Python str (given as UTF-8).
@@ -261,6 +388,21 @@ pub fn headers<'a>(out: &mut Fields<'a, &'a [u8]>, raw: &[(&'a [u8], &'a [u8])])
     }
 }
 
+/// `request_headers(raw, 100)`: as [`headers`], leaving out (and not counting) the names
+/// nginx ignores, values without their surrounding spaces.
+pub fn request_headers<'a>(out: &mut Fields<'a, &'a [u8]>, raw: &[(&'a [u8], &'a [u8])]) {
+    let valid = raw.iter().filter(|(name, _)| valid_name(name));
+    for &(name, value) in valid.take(MAX_HEADERS) {
+        out.insert(lower(name), trim_spaces(value));
+    }
+}
+
+/// `_NAME_CHARS`: letters, digits, `-` and `_` only.
+fn valid_name(name: &[u8]) -> bool {
+    name.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Whole milliseconds as `_ms()` computes them: `int(round(seconds * 1000, 3))` for a
 /// positive value, else 0. `None` beyond 2**43 ms (year 2248), where this shortcut
 /// would no longer be exact (the Python path handles it).
@@ -343,8 +485,64 @@ mod tests {
         assert!(parsed.iter().all(|(_, values)| values.len() == 2));
     }
 
+    fn parts(
+        path: &[u8],
+        root: Option<&str>,
+        query: &[u8],
+    ) -> (Vec<u8>, Option<Vec<u8>>, Vec<u8>, usize) {
+        let t = target(path.to_vec(), root, query);
+        (t.uri, t.host, t.args.to_vec(), t.size)
+    }
+
+    #[test]
+    fn targets() {
+        let host = |h: &[u8]| Some(h.to_vec());
+        assert_eq!(
+            parts(b"http://user:pass@Example.COM:8080/x", None, b"y=1"),
+            (
+                b"/x?y=1".to_vec(),
+                host(b"Example.COM:8080"),
+                b"y=1".to_vec(),
+                39
+            )
+        );
+        assert_eq!(parts(b"http://h", None, b"a=1").0, b"?a=1");
+        assert_eq!(parts(b"http://h", None, b"").0, b"/");
+        assert_eq!(parts(b"http://u@", None, b"").1, None);
+        assert_eq!(
+            parts(b"/apihttp://u:p@h/x", Some("/api"), b""),
+            (b"/api/x".to_vec(), host(b"h"), vec![], 18)
+        );
+        assert_eq!(parts(b"/api/x", Some("/api"), b"").0, b"/api/x");
+        assert_eq!(parts(b"/api@x/y", Some("/api"), b"").0, b"/api@x/y");
+        assert_eq!(parts(b"/other", Some("/api"), b"").0, b"/other");
+        assert_eq!(parts(b"user:s3cret@h:443", None, b"").0, b"h:443");
+        assert_eq!(parts(b"*", None, b"").0, b"*");
+        assert_eq!(parts(b"/a#f", None, b"x=1").2, b"");
+        assert_eq!(parts(b"/a", None, b"b#f").2, b"b");
+        assert_eq!(parts(b"/a", None, b"b#f").0, b"/a?b#f");
+    }
+
+    #[test]
+    fn chunks_and_names() {
+        assert_eq!(chunk_framing(0), 5);
+        assert_eq!(chunk_framing(5), 10);
+        assert_eq!(chunk_framing(16), 11);
+        assert_eq!(chunk_framing(-5), 11);
+        assert!(is_chunked(b"Chunked"));
+        assert!(is_chunked(b"gzip, chunked \t"));
+        assert!(!is_chunked(b"chunked, gzip"));
+        assert!(valid_name(b"X_Under-1"));
+        assert!(!valid_name(b"x.dot"));
+        assert!(!valid_name(b"x\xe9"));
+        assert_eq!(trim_spaces(b"  a b  "), b"a b");
+        assert_eq!(trim_spaces(b"   "), b"");
+        assert_eq!(trim_spaces(b"\ta "), b"\ta");
+    }
+
     #[test]
     fn host_names() {
+        assert_eq!(host_name(b" h  ").as_ref(), b"h");
         assert_eq!(host_name(b"Example.COM:8443").as_ref(), b"example.com");
         assert_eq!(host_name(b"example.com.").as_ref(), b"example.com");
         assert_eq!(host_name(b"[::1]:8000").as_ref(), b"[::1]");
