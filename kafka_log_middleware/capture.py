@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING
 
+from .nginx_vars import target, text
 from .types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -165,8 +166,7 @@ class CapturedRequest:
         del self._receive, self._send
 
     def __repr__(self) -> str:
-        # Never show headers: they may carry credentials.
-        return (
-            f"<CapturedRequest {self.scope.get('method')} {self.scope.get('path')!r} "
-            f"status={self.status}>"
-        )
+        # Never headers, nor the raw path: both may carry credentials (an absolute-form
+        # target's userinfo sits in h11's path).
+        path = text(target(self.scope).uri.partition(b"?")[0])
+        return f"<CapturedRequest {self.scope.get('method')} {path!r} status={self.status}>"

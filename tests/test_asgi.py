@@ -534,3 +534,18 @@ def test_add_middleware_with_a_bad_config_without_lifespan_serves_the_app(
             response = httpx.get(base_url + "/ping")
             assert response.status_code == 200 and response.json() == {"ping": "pong"}
     assert any("not logged" in r.getMessage() for r in caplog.records)
+
+
+def test_the_repr_of_a_capture_shows_no_credentials() -> None:
+    scope = http_scope("http://user:secret@example.com/x", headers=[(b"authorization", b"t0k")])
+    captured = CapturedRequest(scope, offline_config(), request_never, send_never)
+    shown = repr(captured)
+    assert "/x" in shown and "secret" not in shown and "t0k" not in shown
+
+
+async def request_never() -> Message:
+    raise AssertionError("not called")
+
+
+async def send_never(message: Message) -> None:
+    raise AssertionError("not called")
