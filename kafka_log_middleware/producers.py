@@ -127,7 +127,8 @@ class Producer:
         if not self.ready:
             self.connect()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see LogBuffer.wait
+                    await self._ready.wait()
             except TimeoutError:
                 return False
         return True

@@ -132,7 +132,8 @@ class Publisher:
         self.buffer.wake()
         if self._task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), max(timeout, 0.001))
+                async with asyncio.timeout(max(timeout, 0.001)):  # see LogBuffer.wait
+                    await asyncio.shield(self._task)
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
