@@ -33,6 +33,15 @@ def numbers(records: list[object]) -> list[int]:
     )
 
 
+async def serve(middleware: KafkaLogMiddleware, numbers: range) -> None:
+    """Requests ``?n=<number>``; returns once they are encoded, waiting for the flush timer."""
+    for n in numbers:
+        await request(middleware, http_scope("/", query=f"n={n}".encode()))
+    [producer] = middleware.producers()
+    assert await producer.wait_ready(30)
+    await asyncio.sleep(0.05)
+
+
 def test_entries_left_when_the_loop_ended_are_flushed_at_exit(
     kafka_bootstrap: str, backend: str
 ) -> None:
@@ -43,15 +52,7 @@ def test_entries_left_when_the_loop_ended_are_flushed_at_exit(
         producer_async_flush_timeout=600000,  # nothing would go before the exit
     )
     middleware = KafkaLogMiddleware(hello, config)
-
-    async def serve_and_forget() -> None:
-        for n in range(20):
-            await request(middleware, http_scope("/", query=f"n={n}".encode()))
-        [producer] = middleware.producers()
-        assert await producer.wait_ready(30)
-        await asyncio.sleep(0.05)  # encoded, waiting for the flush timer
-
-    asyncio.run(serve_and_forget())  # closes the loop, as a server without lifespan does
+    asyncio.run(serve(middleware, range(20)))  # ends the loop, as a server without lifespan
     assert middleware.stats()["pending"] == 20
     middleware._exit()  # what atexit calls
     stats = middleware.stats()
@@ -71,18 +72,10 @@ def test_a_new_loop_takes_over_what_the_ended_one_had_not_sent(
         producer_async_flush_timeout=600000,
     )
     middleware = KafkaLogMiddleware(hello, config)
-
-    async def serve(numbers: range) -> None:
-        for n in numbers:
-            await request(middleware, http_scope("/", query=f"n={n}".encode()))
-        [producer] = middleware.producers()
-        assert await producer.wait_ready(30)
-        await asyncio.sleep(0.05)
-
-    asyncio.run(serve(range(5)))
+    asyncio.run(serve(middleware, range(5)))
 
     async def serve_and_close() -> None:
-        await serve(range(5, 10))
+        await serve(middleware, range(5, 10))
         await middleware.aclose()
 
     asyncio.run(serve_and_close())
