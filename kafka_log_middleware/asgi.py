@@ -121,12 +121,10 @@ class KafkaLogMiddleware:
         """With a bad configuration: fail the server's startup, or serve without logging."""
         error = f"kafka_log_middleware: bad configuration: {self._broken}"
         if scope["type"] == "lifespan":
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.failed", "message": error})
-                return
-        else:
-            _log.warn("broken", "%s; requests are served, not logged", error, level=logging.ERROR)
+            await receive()  # lifespan.startup: the server exits on the answer
+            await send({"type": "lifespan.startup.failed", "message": error})
+            return
+        _log.warn("broken", "%s; requests are served, not logged", error, level=logging.ERROR)
         await self.app(scope, receive, send)
 
     # -- lifecycle ------------------------------------------------------------
