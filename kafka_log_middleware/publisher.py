@@ -67,18 +67,19 @@ class _Use:
 
 @dataclass(eq=False)
 class _Outbox:
-    """Encoded entries for one producer and topic, waiting for a batch or the flush timer."""
+    """Encoded entries for one producer, topic and delivery policy, waiting for a batch or
+    the flush timer; its ``config`` (the first of its entries') says how they travel."""
 
     use: _Use
-    topic: str
+    config: KafkaLogConfig
     messages: list[Message] = field(default_factory=list)
     since: float = 0.0
 
 
 @dataclass(eq=False)
 class _Retry:
-    use: _Use
-    topic: str
+    box: _Outbox
+    """Where the messages came from: their producer, topic and delivery policy."""
     messages: list[Message]
     attempt: int
     due: float
@@ -178,16 +179,17 @@ class Publisher:
         for use in old._uses.values():
             for topic, messages, _ in use.producer.withdraw():
                 use.in_flight -= len(messages)
-                self._retries.append(_Retry(self._use(use.config), topic, messages, 1, 0.0))
+                box = self._outbox(use.config.replace(topic=topic))
+                self._retries.append(_Retry(box, messages, 1, 0.0))
         old._accounting_closed = True
-        for box in old._outboxes.values():
-            if box.messages:
-                use = self._use(box.use.config)
-                self._retries.append(_Retry(use, box.topic, box.messages, 1, 0.0))
+        for old_box in old._outboxes.values():
+            if old_box.messages:
+                box = self._outbox(old_box.config)
+                self._retries.append(_Retry(box, old_box.messages, 1, 0.0))
         for retry in old._retries:
-            use = self._use(retry.use.config)
+            box = self._outbox(retry.box.config)
             self._retries.append(
-                _Retry(use, retry.topic, retry.messages, retry.attempt, 0.0, retry.maybe_written)
+                _Retry(box, retry.messages, retry.attempt, 0.0, retry.maybe_written)
             )
         in_flight = old._in_flight()
         old._outboxes.clear()
@@ -211,13 +213,10 @@ class Publisher:
             if self._stopping and not self.buffer and not self._waiting():
                 return
 
-    def _batch_size(self, config: KafkaLogConfig) -> int:
-        return config.producer_request_limits_messages_per_request if config.producer_async else 1
-
     def _waiting(self) -> list[_Use]:
         """The producers that encoded entries or retries are waiting for."""
         uses = [box.use for box in self._outboxes.values() if box.messages]
-        return uses + [retry.use for retry in self._retries]
+        return uses + [retry.box.use for retry in self._retries]
 
     async def _wait_for_work(self) -> None:
         """Sleep until entries are to be encoded, or an outbox or a retry is due.
@@ -237,7 +236,7 @@ class Publisher:
             timers = [self._release_in(config)]
             head = self.buffer.peek()
             if head is not None:
-                encode_in = min(ENCODE_DELAY, config.producer_async_flush_timeout / 1000)
+                encode_in = min(ENCODE_DELAY, head.config.producer_async_flush_timeout / 1000)
                 encode_in -= time.perf_counter() - head.t_end
                 if encode_in <= 0 or len(self.buffer) >= ENCODE_AT:
                     return
@@ -248,7 +247,7 @@ class Publisher:
                     return
                 timers.append(due)
             for retry in self._retries:
-                if not retry.use.producer.ready:
+                if not retry.box.use.producer.ready:
                     timers.append(_READY_POLL)
                 elif retry.due <= now:
                     return
@@ -264,8 +263,9 @@ class Publisher:
             return None
         if not box.use.producer.ready:
             return _READY_POLL
-        config = self._config()
-        if not config.producer_async or len(box.messages) >= self._batch_size(config):
+        config = box.config
+        batch = config.producer_request_limits_messages_per_request
+        if not config.producer_async or len(box.messages) >= batch:
             return 0.0
         return box.since + config.producer_async_flush_timeout / 1000 - now
 
@@ -299,10 +299,10 @@ class Publisher:
 
     def _outbox(self, config: KafkaLogConfig) -> _Outbox:
         use = self._use(config)
-        key = (id(use), config.topic)
+        key = (id(use), config.topic, *_delivery(config))
         box = self._outboxes.get(key)
         if box is None:
-            box = self._outboxes[key] = _Outbox(use, config.topic)
+            box = self._outboxes[key] = _Outbox(use, config)
         return box
 
     async def _flush_outboxes(self) -> None:
@@ -314,7 +314,11 @@ class Publisher:
                 del self._outboxes[key]
             elif box.use.producer.ready and (due <= 0 or self._stopping):
                 messages, box.messages = box.messages, []
-                await self._hand_over(box.use, box.topic, messages, 1)
+                if box.config.producer_async:
+                    await self._hand_over(box, messages, 1)
+                else:  # Kong's sync mode: each entry on its own
+                    for message in messages:
+                        await self._hand_over(box, [message], 1)
 
     def _encode(self, request: CapturedRequest) -> tuple[KafkaLogConfig, Message] | None:
         try:
@@ -336,25 +340,23 @@ class Publisher:
             return None
 
     async def _hand_over(
-        self,
-        use: _Use,
-        topic: str,
-        messages: list[Message],
-        attempt: int,
-        written_before: bool = False,
+        self, box: _Outbox, messages: list[Message], attempt: int, written_before: bool = False
     ) -> None:
         """Give ``messages`` to their (connected) producer; failures are retried."""
+        use = box.use
         use.in_flight += len(messages)
         use.last_used = time.monotonic()
-        on_done = self._on_done_for(use, topic, attempt, written_before)
+        on_done = self._on_done_for(box, attempt, written_before)
         try:
-            await use.producer.send(topic, messages, on_done)
+            await use.producer.send(box.config.topic, messages, on_done)
         except Exception as exc:  # a backend failing outright: count, never lose
             on_done(0, messages, Failure(Verdict.RETRY, type(exc).__name__), False)
 
-    def _on_done_for(self, use: _Use, topic: str, attempt: int, written_before: bool) -> OnDone:
+    def _on_done_for(self, box: _Outbox, attempt: int, written_before: bool) -> OnDone:
         """The delivery report of one attempt; ``written_before``: an earlier attempt of
         these messages may have reached Kafka (so they are counted as retried already)."""
+
+        use = box.use
 
         def on_done(
             delivered: int, failed: list[Message], failure: Failure | None, resent: bool
@@ -367,14 +369,13 @@ class Publisher:
                 if resent and not written_before:  # the client re-sent them itself
                     self.buffer.count_retried(delivered)
             if failed and failure is not None:
-                self._failed(use, topic, attempt, failed, failure, written_before)
+                self._failed(box, attempt, failed, failure, written_before)
 
         return on_done
 
     def _failed(
         self,
-        use: _Use,
-        topic: str,
+        box: _Outbox,
         attempt: int,
         messages: list[Message],
         failure: Failure,
@@ -390,17 +391,17 @@ class Publisher:
             half = len(messages) // 2
             now = time.monotonic()
             for part in (messages[half:], messages[:half]):
-                self._retries.appendleft(_Retry(use, topic, part, attempt, now, maybe_written))
+                self._retries.appendleft(_Retry(box, part, attempt, now, maybe_written))
             self._requeued(newly_uncertain)
             return
-        config = self._config()
+        config = box.config
         if (
             verdict is Verdict.RETRY
             and attempt < config.producer_request_retries_max_attempts
             and not self._stopping
         ):
             due = time.monotonic() + config.producer_request_retries_backoff_timeout / 1000
-            self._retries.append(_Retry(use, topic, messages, attempt + 1, due, maybe_written))
+            self._retries.append(_Retry(box, messages, attempt + 1, due, maybe_written))
             self._requeued(newly_uncertain)
             return
         if maybe_written:
@@ -429,12 +430,10 @@ class Publisher:
         waiting: deque[_Retry] = deque()
         while self._retries:
             retry = self._retries.popleft()
-            if not retry.use.producer.ready or (retry.due > now and not self._stopping):
+            if not retry.box.use.producer.ready or (retry.due > now and not self._stopping):
                 waiting.append(retry)
                 continue
-            await self._hand_over(
-                retry.use, retry.topic, retry.messages, retry.attempt, retry.maybe_written
-            )
+            await self._hand_over(retry.box, retry.messages, retry.attempt, retry.maybe_written)
         waiting.extend(self._retries)  # those added meanwhile
         self._retries = waiting
 
@@ -471,7 +470,7 @@ class Publisher:
         for key, use in list(self._uses.items()):
             if key == current or use.in_flight or now - use.last_used < use.grace:
                 continue
-            if any(r.use is use for r in self._retries) or any(
+            if any(r.box.use is use for r in self._retries) or any(
                 box.use is use and box.messages for box in self._outboxes.values()
             ):
                 continue
@@ -479,7 +478,13 @@ class Publisher:
             self._cache.release(use.producer, config.shutdown_timeout / 1000)
 
 
-def _earliest(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None:
-        return b if a is None else a
-    return min(a, b)
+def _delivery(config: KafkaLogConfig) -> tuple[Any, ...]:
+    """The fields that say how a config's entries travel: entries differing here never
+    share an outbox, so each config's own policy applies to its entries."""
+    return (
+        config.producer_async,
+        config.producer_async_flush_timeout,
+        config.producer_request_limits_messages_per_request,
+        config.producer_request_retries_max_attempts,
+        config.producer_request_retries_backoff_timeout,
+    )
