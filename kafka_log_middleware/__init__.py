@@ -7,11 +7,13 @@ facts, on the request path) → ``buffer`` → ``publisher`` (background) → ``
 
 from .asgi import KafkaLogMiddleware, find_middleware
 from .capture import CapturedRequest
-from .config import KafkaLogConfig, starlette_route
+from .config import InvalidConfig, InvalidConfigType, KafkaLogConfig, starlette_route
 from .custom_fields import set_serialize_value
 
 __all__ = [
     "CapturedRequest",
+    "InvalidConfig",
+    "InvalidConfigType",
     "KafkaLogConfig",
     "KafkaLogMiddleware",
     "find_middleware",

@@ -261,7 +261,8 @@ def _watch_attempts(sender: Any, marked: weakref.WeakSet[Any]) -> None:
 async def _stop_quietly(producer: Any, timeout: float) -> None:
     """Stop an aiokafka producer within ``timeout`` (it can hang while the broker is down)."""
     try:
-        await asyncio.wait_for(producer.stop(), max(timeout, 0.01))
+        async with asyncio.timeout(max(timeout, 0.01)):  # not wait_for: see LogBuffer.wait
+            await producer.stop()
     except Exception as exc:
         _log.warn(
             "close", "kafka_log_middleware: producer did not close cleanly (%s)", type(exc).__name__

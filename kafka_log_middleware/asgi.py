@@ -121,12 +121,10 @@ class KafkaLogMiddleware:
         """With a bad configuration: fail the server's startup, or serve without logging."""
         error = f"kafka_log_middleware: bad configuration: {self._broken}"
         if scope["type"] == "lifespan":
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.failed", "message": error})
-                return
-        else:
-            _log.warn("broken", "%s; requests are served, not logged", error, level=logging.ERROR)
+            await receive()  # lifespan.startup: the server exits on the answer
+            await send({"type": "lifespan.startup.failed", "message": error})
+            return
+        _log.warn("broken", "%s; requests are served, not logged", error, level=logging.ERROR)
         await self.app(scope, receive, send)
 
     # -- lifecycle ------------------------------------------------------------
@@ -143,18 +141,21 @@ class KafkaLogMiddleware:
                 self._config.producer_async_buffering_limits_messages_in_memory
             )
             old = self._publisher = None
-        if old is not None:
+        if old is not None and old.loop.is_running():
             _log.warn(
                 "loop",
-                "kafka_log_middleware: serving from a new event loop; "
-                "the previous loop's publisher is abandoned",
+                "kafka_log_middleware: serving from a second event loop while the first "
+                "still runs; the first loop's publisher is left to it",
             )
+            old = None
         if self._exit_pid != os.getpid():
             self._exit_pid = os.getpid()
             _flush_at_exit(self)
         self._publisher = Publisher(
             self._buffer, lambda: self._config, cache_for_running_loop(), self._resolver
         )
+        if old is not None:  # its loop has ended: what it had not sent goes from this one
+            self._publisher.take_over(old)
         self._publisher.start()
 
     def _exit(self) -> None:
@@ -178,12 +179,9 @@ class KafkaLogMiddleware:
             return
 
         async def take_over() -> None:
-            fresh = Publisher(
-                self._buffer, lambda: self._config, cache_for_running_loop(), self._resolver
-            )
-            fresh.take_over(publisher)
-            fresh.start()
-            await fresh.close(timeout)
+            self._publisher = publisher
+            self._start()  # takes over from the ended loop's publisher
+            await self.aclose()
 
         if loop.is_closed():
             asyncio.run(take_over())

@@ -29,6 +29,11 @@ entry failed; it exceeds ``producer_request_limits_bytes_per_request``; Kafka re
 it or every delivery attempt failed; shutdown came first."""
 
 
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class LogBuffer:
     """A bounded FIFO of captured requests with delivered/dropped/pending counters."""
 
@@ -104,17 +109,18 @@ class LogBuffer:
         """Wait until at least ``count`` entries are buffered, or ``timeout`` seconds passed."""
         if len(self._items) >= count:
             return
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
         self._wake_at = count
+        # A timer settles the waiter: no asyncio.wait_for, which on Python 3.11 swallows
+        # a cancellation that arrives as the waiter completes (and would hang shutdown).
+        timer = None if timeout is None else loop.call_later(timeout, _settle, waiter)
         try:
-            if timeout is None:
-                await waiter
-            else:
-                await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            pass
+            await waiter
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def wake(self) -> None:
         """Wake a waiting publisher now (at shutdown or on a config change)."""

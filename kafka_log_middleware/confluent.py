@@ -91,7 +91,8 @@ class ConfluentProducer(Producer):
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), _IDLE_POLL)
+                async with asyncio.timeout(_IDLE_POLL):  # not wait_for: see buffer.wait
+                    await self._wake.wait()
 
     async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
         """Queue ``messages`` in librdkafka (see ``Producer.send``).

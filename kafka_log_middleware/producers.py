@@ -127,7 +127,8 @@ class Producer:
         if not self.ready:
             self.connect()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see LogBuffer.wait
+                    await self._ready.wait()
             except TimeoutError:
                 return False
         return True
@@ -141,10 +142,10 @@ class Producer:
         raise NotImplementedError
 
     def withdraw(self) -> list[tuple[str, list[Message], OnDone]]:
-        """Take back the messages not handed to the client yet, without reporting them.
+        """Take back the messages not handed to the client yet (returned, not reported).
 
-        What the client holds already (librdkafka's queue, aiokafka's batches) stays
-        there: it may reach Kafka.
+        A backend that cannot take them back reports them as not delivered instead
+        (librdkafka's purge). What is in flight stays there: it may reach Kafka.
         """
         return []
 

@@ -132,7 +132,8 @@ class Publisher:
         self.buffer.wake()
         if self._task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), max(timeout, 0.001))
+                async with asyncio.timeout(max(timeout, 0.001)):  # see LogBuffer.wait
+                    await asyncio.shield(self._task)
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
@@ -340,20 +341,20 @@ class Publisher:
         topic: str,
         messages: list[Message],
         attempt: int,
-        maybe_written: bool = False,
+        written_before: bool = False,
     ) -> None:
         """Give ``messages`` to their (connected) producer; failures are retried."""
         use.in_flight += len(messages)
         use.last_used = time.monotonic()
-        on_done = self._on_done_for(use, topic, attempt, maybe_written)
+        on_done = self._on_done_for(use, topic, attempt, written_before)
         try:
             await use.producer.send(topic, messages, on_done)
         except Exception as exc:  # a backend failing outright: count, never lose
             on_done(0, messages, Failure(Verdict.RETRY, type(exc).__name__), False)
 
-    def _on_done_for(self, use: _Use, topic: str, attempt: int, maybe_written: bool) -> OnDone:
-        """The delivery report of one attempt; ``maybe_written``: an earlier attempt of
-        these messages may have reached Kafka (and they are counted as retried)."""
+    def _on_done_for(self, use: _Use, topic: str, attempt: int, written_before: bool) -> OnDone:
+        """The delivery report of one attempt; ``written_before``: an earlier attempt of
+        these messages may have reached Kafka (so they are counted as retried already)."""
 
         def on_done(
             delivered: int, failed: list[Message], failure: Failure | None, resent: bool
@@ -363,10 +364,10 @@ class Publisher:
                 return
             if delivered:
                 self.buffer.deliver(delivered)
-                if resent and not maybe_written:  # the client re-sent them itself
+                if resent and not written_before:  # the client re-sent them itself
                     self.buffer.count_retried(delivered)
             if failed and failure is not None:
-                self._failed(use, topic, attempt, failed, failure, maybe_written)
+                self._failed(use, topic, attempt, failed, failure, written_before)
 
         return on_done
 
@@ -377,10 +378,11 @@ class Publisher:
         attempt: int,
         messages: list[Message],
         failure: Failure,
-        counted: bool,
+        written_before: bool,
     ) -> None:
-        """Retry, split or give up ``messages``; ``counted``: already counted as retried."""
-        maybe_written = counted or failure.maybe_written
+        """Retry, split or give up ``messages`` (``written_before``: see ``_on_done_for``)."""
+        maybe_written = written_before or failure.maybe_written
+        newly_uncertain = len(messages) if maybe_written and not written_before else 0
         verdict = failure.verdict
         if verdict is Verdict.SPLIT and len(messages) > 1:
             # The broker refuses the whole batch; split it, as Kafka's Java client does,
@@ -389,7 +391,7 @@ class Publisher:
             now = time.monotonic()
             for part in (messages[half:], messages[:half]):
                 self._retries.appendleft(_Retry(use, topic, part, attempt, now, maybe_written))
-            self._retried(messages, maybe_written and not counted)
+            self._requeued(newly_uncertain)
             return
         config = self._config()
         if (
@@ -399,7 +401,7 @@ class Publisher:
         ):
             due = time.monotonic() + config.producer_request_retries_backoff_timeout / 1000
             self._retries.append(_Retry(use, topic, messages, attempt + 1, due, maybe_written))
-            self._retried(messages, maybe_written and not counted)
+            self._requeued(newly_uncertain)
             return
         if maybe_written:
             self.buffer.give_up_uncertain(len(messages))
@@ -416,9 +418,10 @@ class Publisher:
             failure.cause,
         )
 
-    def _retried(self, messages: list[Message], count: bool) -> None:
-        if count:
-            self.buffer.count_retried(len(messages))
+    def _requeued(self, retried: int) -> None:
+        """Messages go again: ``retried`` of them after an attempt that may have reached Kafka."""
+        if retried:
+            self.buffer.count_retried(retried)
         self.buffer.wake()
 
     async def _send_due_retries(self) -> None:

@@ -549,3 +549,33 @@ async def request_never() -> Message:
 
 async def send_never(message: Message) -> None:
     raise AssertionError("not called")
+
+
+async def test_a_wait_cancelled_as_it_is_woken_is_cancelled() -> None:
+    """Python 3.11's asyncio.wait_for swallows such a cancellation: the publisher would
+    then wait on, and the event loop's teardown (asyncio.run's end) hang for ever."""
+    from kafka_log_middleware.buffer import LogBuffer
+
+    buffer = LogBuffer(10)
+    waiting = asyncio.ensure_future(buffer.wait(5, 100.0))
+    await asyncio.sleep(0)
+    buffer.wake()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, 5)
+
+
+def test_a_loop_ended_without_aclose_after_a_config_change_does_not_hang() -> None:
+    """The case that hung: update_config wakes the publisher as the loop cancels it."""
+    middleware = KafkaLogMiddleware(starlette_app(), offline_config())
+
+    async def serve() -> None:
+        await request(middleware, http_scope("/hello/a"))
+        middleware.update_config(topic="other")
+
+    runner = asyncio.Runner()
+    try:
+        runner.run(serve())
+    finally:
+        runner.close()  # cancels the publisher: it must end
+    middleware._publisher = None  # nothing for the exit flush here

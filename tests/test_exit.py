@@ -33,6 +33,15 @@ def numbers(records: list[object]) -> list[int]:
     )
 
 
+async def serve(middleware: KafkaLogMiddleware, numbers: range) -> None:
+    """Requests ``?n=<number>``; returns once they are encoded, waiting for the flush timer."""
+    for n in numbers:
+        await request(middleware, http_scope("/", query=f"n={n}".encode()))
+    [producer] = middleware.producers()
+    assert await producer.wait_ready(30)
+    await asyncio.sleep(0.05)
+
+
 def test_entries_left_when_the_loop_ended_are_flushed_at_exit(
     kafka_bootstrap: str, backend: str
 ) -> None:
@@ -43,21 +52,37 @@ def test_entries_left_when_the_loop_ended_are_flushed_at_exit(
         producer_async_flush_timeout=600000,  # nothing would go before the exit
     )
     middleware = KafkaLogMiddleware(hello, config)
-
-    async def serve_and_forget() -> None:
-        for n in range(20):
-            await request(middleware, http_scope("/", query=f"n={n}".encode()))
-        [producer] = middleware.producers()
-        assert await producer.wait_ready(30)
-        await asyncio.sleep(0.05)  # encoded, waiting for the flush timer
-
-    asyncio.run(serve_and_forget())  # closes the loop, as a server without lifespan does
+    asyncio.run(serve(middleware, range(20)))  # ends the loop, as a server without lifespan
     assert middleware.stats()["pending"] == 20
     middleware._exit()  # what atexit calls
     stats = middleware.stats()
     assert stats["delivered"] == 20 and stats["pending"] == 0, stats
     records = asyncio.run(consume(kafka_bootstrap, config.topic, 20, timeout=10))
     assert numbers(records) == list(range(20))
+
+
+def test_a_new_loop_takes_over_what_the_ended_one_had_not_sent(
+    kafka_bootstrap: str, backend: str
+) -> None:
+    """Served from one event loop, then another (a server restarted in the process)."""
+    config = KafkaLogConfig(
+        bootstrap_servers=(kafka_bootstrap,),
+        topic=unique_topic("new-loop"),
+        producer_backend=backend,  # type: ignore[arg-type]
+        producer_async_flush_timeout=600000,
+    )
+    middleware = KafkaLogMiddleware(hello, config)
+    asyncio.run(serve(middleware, range(5)))
+
+    async def serve_and_close() -> None:
+        await serve(middleware, range(5, 10))
+        await middleware.aclose()
+
+    asyncio.run(serve_and_close())
+    stats = middleware.stats()
+    assert stats["delivered"] == 10 and stats["pending"] == 0, stats
+    records = asyncio.run(consume(kafka_bootstrap, config.topic, 10, timeout=10))
+    assert numbers(records) == list(range(10))
 
 
 def run_uvicorn(env: dict[str, str], requests: int) -> subprocess.CompletedProcess[str]:

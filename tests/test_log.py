@@ -86,7 +86,7 @@ async def test_during_an_outage_our_warnings_are_the_voice(
     config = KafkaLogConfig(
         bootstrap_servers=(broker.bootstrap_servers,),
         topic="outage",
-        producer_backend=backend,
+        producer_backend=backend,  # type: ignore[arg-type]
         producer_async_flush_timeout=10,
         timeout=1000,
         shutdown_timeout=500,
