@@ -96,6 +96,18 @@ def body(data: bytes, *, more: bool | None = None) -> Message:
     return message
 
 
+def test_a_new_capture_has_no_facts_yet() -> None:
+    request = captured(Server())
+    assert request.raised is False and request.client_gone is False
+    assert (request.status, request.body_sent, request.body_read, request.file_path) == (
+        0,
+        0,
+        0,
+        None,
+    )
+    assert (request.t_response, request.t_end) == (0.0, 0.0)
+
+
 # -- the response start ------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import functools
 import importlib.util
+import inspect
 import logging
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -939,3 +940,81 @@ class IntSubclass(int):
 
 class StrSubclass(str):
     __slots__ = ()
+
+
+def test_key_and_key_query_arg_together_are_refused_naming_key() -> None:
+    with pytest.raises(InvalidConfig) as raised:
+        make(key=len, key_query_arg="k")
+    assert raised.value.field == "key"
+    assert str(raised.value) == "key and key_query_arg are exclusive: give one of them"
+
+
+def test_aiokafka_sends_at_once_our_batches() -> None:
+    assert make().aiokafka_options()["linger_ms"] == 0
+
+
+async def _async_generator(request: Any) -> Any:
+    yield request
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "kind"),
+    [
+        ({"producer_async": "yes"}, "producer_async", "str"),
+        ({"redact_headers": 5}, "redact_headers", "int"),
+        ({"bootstrap_servers": 5}, "bootstrap_servers", "int"),
+        ({"service": 5}, "service", "int"),
+        ({"route": 5}, "route", "int"),
+        ({"custom_fields": 5}, "custom_fields", "int"),
+        ({"custom_fields": {1: len}}, "custom_fields", "int"),
+    ],
+)
+def test_a_refused_type_is_named_in_the_message(
+    changes: dict[str, Any], field: str, kind: str
+) -> None:
+    with pytest.raises(InvalidConfigType) as raised:
+        make(**changes)
+    assert raised.value.field == field
+    assert str(raised.value).endswith(f"not {kind}")
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"bootstrap_servers": " , "}, "bootstrap_servers", "must name at least one 'host:port'"),
+        ({"bootstrap_servers": ":9092"}, "bootstrap_servers", "':9092' is not 'host:port'"),
+        ({"topic": "."}, "topic", "(1-249 of A-Z a-z 0-9 . _ -, not '.' or '..')"),
+        ({"custom_fields": {".a": len}}, "custom_fields", "'.a' is not a dotted field name"),
+        ({"route": _async_generator}, "route", "must be a plain function"),
+    ],
+)
+def test_refusals_name_the_field_and_the_rule(
+    changes: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(InvalidConfig) as raised:
+        make(**changes)
+    assert raised.value.field == field
+    assert message in str(raised.value)
+
+
+def test_the_edges_of_hosts_and_client_ids_are_accepted() -> None:
+    host = ".".join(["a" * 63] * 3 + ["b" * 61])  # 253 characters, DNS's most
+    assert make(bootstrap_servers=f"{host}:1").bootstrap_servers == (f"{host}:1",)
+    with pytest.raises(InvalidConfig, match="invalid host"):
+        make(bootstrap_servers=f"{host}b:1")
+    assert make(bootstrap_servers="[::ffff:1.2.3.4]:9092").bootstrap_servers == (
+        "[::ffff:1.2.3.4]:9092",
+    )
+    assert len(make(client_id="x" * 32767).client_id) == 32767
+    with pytest.raises(InvalidConfig, match="at most 32767 bytes"):
+        make(client_id="x" * 32768)
+
+
+def test_a_builtin_without_a_signature_is_trusted_as_a_hook() -> None:
+    try:
+        inspect.signature(vars)
+    except ValueError:
+        pass
+    else:  # pragma: no cover - depends on the Python version
+        pytest.skip("vars has a signature on this Python")
+    assert make(route=vars).route is vars

@@ -162,7 +162,9 @@ def test_shared_mappings_on_the_path_are_not_modified() -> None:
 
 
 def test_set_serialize_value_without_a_scope_says_what_it_needs() -> None:
-    with pytest.raises(TypeError, match=r"^set_serialize_value needs a request \(with \.scope\) "):
+    with pytest.raises(
+        TypeError, match=r"^set_serialize_value needs a request \(with \.scope\) or an ASGI scope$"
+    ):
         set_serialize_value(42, "a", 1)
 
 

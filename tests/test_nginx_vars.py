@@ -456,6 +456,7 @@ def test_an_absolute_form_after_a_root_path_with_path_characters_is_cut_after_it
     ("raw_path", "uri"),
     [
         (b"host:80/a@b", b"host:80/a@b"),  # an "@" after the first "/" is no userinfo
+        (b"host:80/a@b/c", b"host:80/a@b/c"),
         (b"a@b@host:80", b"host:80"),  # userinfo ends at the last "@"
         (b"@host:80", b"host:80"),
         (b"u:s3cr3t@", b""),
@@ -498,6 +499,7 @@ def test_host_with_a_parsed_target_does_not_parse_the_scope_again(
     [
         (b"X.Example.COM", "x.example.com"),  # only spaces are trimmed, no other character
         (b"[::1]x]", "[::1]"),  # an IPv6 literal ends at its first "]"
+        (b"[]:80", "[]"),
     ],
 )
 def test_host_name_rules(value: bytes, expected: str) -> None:
