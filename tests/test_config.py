@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import importlib.util
+import inspect
 import logging
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import confluent_kafka
@@ -736,3 +739,282 @@ async def test_the_lowest_values_deliver(kafka_bootstrap: str, backend: str) -> 
     stats = await _publish_one(config)
     assert (stats["delivered"], stats["dropped"]) == (1, 0)
     assert len(await consume(kafka_bootstrap, config.topic, 1, timeout=10)) == 1
+
+
+# -- rules the mutation run (scripts/mutation) found unheld ------------------------------
+
+
+def _capture(scope: dict[str, Any]) -> CapturedRequest:
+    async def never(*message: Any) -> Any:
+        raise AssertionError("not called")
+
+    return CapturedRequest(scope, make(), never, never)
+
+
+def test_the_starlette_route_takes_only_the_attributes_a_route_has() -> None:
+    """A Mount or a custom route may lack ``name``, ``path`` or ``methods``."""
+    route = starlette_route
+    assert route(_capture({"route": SimpleNamespace(path="/x")})) == {"paths": ["/x"]}
+    assert route(_capture({"route": SimpleNamespace(name="n")})) == {"name": "n"}
+    assert route(_capture({"route": object()})) is None
+
+
+def test_configs_differing_only_in_a_nested_value_differ() -> None:
+    assert make(service={"name": "a"}) != make(service={"name": "b"})
+    assert make(service={"tags": ["a"]}) != make(service={"tags": ["b"]})
+    assert make(redact_headers=["x-a"]) != make(redact_headers=["x-b"])
+    assert make(bootstrap_servers="h:1") != make(bootstrap_servers="h:2")
+
+
+def test_configs_hash_by_their_values() -> None:
+    """Not all alike: producers are kept in dicts keyed by config."""
+    configs = [make(topic=f"t{n}") for n in range(8)]
+    assert len({hash(config) for config in configs}) > 1
+
+
+def test_repr_lists_changed_fields_comma_separated_without_the_custom_fields() -> None:
+    config = make(log_format="kong3", custom_fields={"x": len})
+    assert repr(config) == (
+        "KafkaLogConfig(bootstrap_servers=('127.0.0.1:9092',), topic='logs', log_format='kong3')"
+    )
+
+
+def test_from_env_reads_the_process_environment_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAFKA_LOG_BOOTSTRAP_SERVERS", "envhost:9092")
+    monkeypatch.setenv("KAFKA_LOG_TOPIC", "from-env")
+    config = KafkaLogConfig.from_env()
+    assert (config.bootstrap_servers, config.topic) == (("envhost:9092",), "from-env")
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "message"),
+    [
+        ({"KAFKA_LOG_TOPIC": "t"}, "bootstrap_servers", "bootstrap_servers is required: set "),
+        ({**ENV, "KAFKA_LOG_TIMEOUT": "ten"}, "timeout", "KAFKA_LOG_TIMEOUT: expected an integer"),
+        (
+            {**ENV, "KAFKA_LOG_NATIVE_SERIALIZER": "maybe"},
+            "native_serializer",
+            "KAFKA_LOG_NATIVE_SERIALIZER: expected true or false",
+        ),
+        (
+            {**ENV, "KAFKA_LOG_SERVICE": "[1]"},
+            "service",
+            'KAFKA_LOG_SERVICE: expected a JSON object, e.g. {"name": "orders"}',
+        ),
+        ({**ENV, "KAFKA_LOG_TIMEOUT": "5"}, "timeout", "KAFKA_LOG_TIMEOUT: timeout must be "),
+    ],
+)
+def test_from_env_errors_carry_the_field_and_say_what_was_expected(
+    env: dict[str, str], field: str, message: str
+) -> None:
+    with pytest.raises(InvalidConfig) as raised:
+        KafkaLogConfig.from_env(environ=env)
+    assert raised.value.field == field
+    assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        *((word, True) for word in ("1", "true", "True", " YES ", "on")),
+        *((word, False) for word in ("0", "false", "no", "OFF")),
+    ],
+)
+@pytest.mark.parametrize("field", ["producer_async", "native_serializer"])
+def test_from_env_booleans(field: str, raw: str, value: bool) -> None:
+    config = KafkaLogConfig.from_env(environ={**ENV, f"KAFKA_LOG_{field.upper()}": raw})
+    assert getattr(config, field) is value
+
+
+@pytest.mark.parametrize("field", ["key_query_arg", "request_id_header", "workspace"])
+def test_from_env_an_empty_optional_string_is_none(field: str) -> None:
+    config = KafkaLogConfig.from_env(environ={**ENV, f"KAFKA_LOG_{field.upper()}": "  "})
+    assert getattr(config, field) is None
+
+
+def test_from_env_an_empty_workspace_name_stays_empty() -> None:
+    config = KafkaLogConfig.from_env(environ={**ENV, "KAFKA_LOG_WORKSPACE_NAME": ""})
+    assert config.workspace_name == ""
+
+
+def test_every_misspelt_variable_is_warned_about_whatever_comes_before_it(
+    env_warnings: pytest.LogCaptureFixture,
+) -> None:
+    env = {"HOME": "/root", **ENV, "OTHER": "x", "KAFKA_LOG_TIMOUT": "1", "KAFKA_LOG_ROUTE": "f"}
+    KafkaLogConfig.from_env(environ=env)
+    assert warnings_of(env_warnings) == [
+        "KAFKA_LOG_TIMOUT is no kafka_log_middleware setting and is ignored; "
+        "did you mean KAFKA_LOG_TIMEOUT?",
+        "KAFKA_LOG_ROUTE is ignored: route is a function, pass it to from_env(route=...)",
+    ]
+
+
+def test_an_unrelated_variable_of_the_prefix_is_one_debug_message(
+    env_warnings: pytest.LogCaptureFixture,
+) -> None:
+    KafkaLogConfig.from_env(environ={**ENV, "KAFKA_LOG_DIRS": "/data"})
+    assert env_warnings.messages == ["KAFKA_LOG_DIRS is no kafka_log_middleware setting; ignored"]
+
+
+# The check factories run when config.py is imported (to build _CHECKS): held here
+# directly, as a config built later no longer calls them.
+
+
+def test_int_in_accepts_exactly_its_range_of_integers() -> None:
+    check = config_module._int_in(2, 5)
+    assert [check("n", value) for value in (2, 5)] == [2, 5]
+    assert type(check("n", IntSubclass(3))) is int
+    for value in (1, 6):
+        with pytest.raises(InvalidConfig, match=f"^n must be from 2 to 5, not {value}$") as bad:
+            check("n", value)
+        assert bad.value.field == "n" and not isinstance(bad.value, TypeError)
+    for wrong in (True, 3.0, "3", None):
+        with pytest.raises(InvalidConfigType, match=r"^n must be an integer, not ") as typed:
+            check("n", wrong)
+        assert typed.value.field == "n" and type(wrong).__name__ in str(typed.value)
+
+
+def test_int_in_goes_up_to_int32_by_default() -> None:
+    check = config_module._int_in(0)
+    assert check("n", INT32_MAX) == INT32_MAX
+    with pytest.raises(InvalidConfig, match=f"from 0 to {INT32_MAX}, not"):
+        check("n", INT32_MAX + 1)
+
+
+def test_choice_accepts_exactly_its_choices_as_plain_strings() -> None:
+    check = config_module._choice("a", "b")
+    assert type(check("c", StrSubclass("b"))) is str and check("c", "a") == "a"
+    with pytest.raises(InvalidConfig, match=r"^c must be 'a' or 'b', not 'z'$") as bad:
+        check("c", "z")
+    assert bad.value.field == "c" and not isinstance(bad.value, TypeError)
+    with pytest.raises(InvalidConfigType, match=r"^c must be 'a' or 'b', not int$") as typed:
+        check("c", 1)
+    assert typed.value.field == "c"
+
+
+def test_optional_passes_none_and_checks_anything_else() -> None:
+    seen: list[tuple[str, Any]] = []
+
+    def check(name: str, value: Any) -> Any:
+        seen.append((name, value))
+        return "checked"
+
+    optional = config_module._optional(check)
+    assert optional("f", None) is None and seen == []
+    assert optional("f", 0) == "checked" and seen == [("f", 0)]
+
+
+def test_confluent_without_confluent_kafka_is_refused_naming_producer_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "confluent_kafka" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(InvalidConfig) as raised:
+        make(producer_backend="confluent")
+    assert raised.value.field == "producer_backend"
+    assert str(raised.value) == (
+        "producer_backend='confluent' needs confluent-kafka: "
+        "pip install 'kafka-log-middleware[confluent]'"
+    )
+
+
+def test_a_librdkafka_range_refusal_carries_the_field() -> None:
+    with pytest.raises(InvalidConfig) as raised:
+        make(producer_backend="confluent", timeout=300_001)
+    assert raised.value.field == "timeout"
+    assert str(raised.value) == (
+        "timeout=300001 is out of range with producer_backend='confluent': it gives "
+        "librdkafka's socket.timeout.ms=300001, which must be from 10 to 300000"
+    )
+
+
+class IntSubclass(int):
+    pass
+
+
+class StrSubclass(str):
+    __slots__ = ()
+
+
+def test_key_and_key_query_arg_together_are_refused_naming_key() -> None:
+    with pytest.raises(InvalidConfig) as raised:
+        make(key=len, key_query_arg="k")
+    assert raised.value.field == "key"
+    assert str(raised.value) == "key and key_query_arg are exclusive: give one of them"
+
+
+def test_aiokafka_sends_at_once_our_batches() -> None:
+    assert make().aiokafka_options()["linger_ms"] == 0
+
+
+async def _async_generator(request: Any) -> Any:
+    yield request
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "kind"),
+    [
+        ({"producer_async": "yes"}, "producer_async", "str"),
+        ({"redact_headers": 5}, "redact_headers", "int"),
+        ({"bootstrap_servers": 5}, "bootstrap_servers", "int"),
+        ({"service": 5}, "service", "int"),
+        ({"route": 5}, "route", "int"),
+        ({"custom_fields": 5}, "custom_fields", "int"),
+        ({"custom_fields": {1: len}}, "custom_fields", "int"),
+    ],
+)
+def test_a_refused_type_is_named_in_the_message(
+    changes: dict[str, Any], field: str, kind: str
+) -> None:
+    with pytest.raises(InvalidConfigType) as raised:
+        make(**changes)
+    assert raised.value.field == field
+    assert str(raised.value).endswith(f"not {kind}")
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"bootstrap_servers": " , "}, "bootstrap_servers", "must name at least one 'host:port'"),
+        ({"bootstrap_servers": ":9092"}, "bootstrap_servers", "':9092' is not 'host:port'"),
+        ({"topic": "."}, "topic", "(1-249 of A-Z a-z 0-9 . _ -, not '.' or '..')"),
+        ({"custom_fields": {".a": len}}, "custom_fields", "'.a' is not a dotted field name"),
+        ({"route": _async_generator}, "route", "must be a plain function"),
+    ],
+)
+def test_refusals_name_the_field_and_the_rule(
+    changes: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(InvalidConfig) as raised:
+        make(**changes)
+    assert raised.value.field == field
+    assert message in str(raised.value)
+
+
+def test_the_edges_of_hosts_and_client_ids_are_accepted() -> None:
+    host = ".".join(["a" * 63] * 3 + ["b" * 61])  # 253 characters, DNS's most
+    assert make(bootstrap_servers=f"{host}:1").bootstrap_servers == (f"{host}:1",)
+    with pytest.raises(InvalidConfig, match="invalid host"):
+        make(bootstrap_servers=f"{host}b:1")
+    assert make(bootstrap_servers="[::ffff:1.2.3.4]:9092").bootstrap_servers == (
+        "[::ffff:1.2.3.4]:9092",
+    )
+    assert len(make(client_id="x" * 32767).client_id) == 32767
+    with pytest.raises(InvalidConfig, match="at most 32767 bytes"):
+        make(client_id="x" * 32768)
+
+
+def test_a_builtin_without_a_signature_is_trusted_as_a_hook() -> None:
+    try:
+        inspect.signature(vars)
+    except ValueError:
+        pass
+    else:  # pragma: no cover - depends on the Python version
+        pytest.skip("vars has a signature on this Python")
+    assert make(route=vars).route is vars

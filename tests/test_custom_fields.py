@@ -159,3 +159,21 @@ def test_shared_mappings_on_the_path_are_not_modified() -> None:
     assert entry["route"] == {"id": "r1", "name": "r"}
     assert service == {"name": "orders", "tags": {"team": "a"}}
     assert dict(frozen) == {"id": "r1"}
+
+
+def test_set_serialize_value_without_a_scope_says_what_it_needs() -> None:
+    with pytest.raises(
+        TypeError, match=r"^set_serialize_value needs a request \(with \.scope\) or an ASGI scope$"
+    ):
+        set_serialize_value(42, "a", 1)
+
+
+def test_the_warning_of_a_skipped_edit_names_the_key_the_part_and_its_type(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _log.reset()
+    with caplog.at_level(logging.WARNING, logger="kafka_log_middleware"):
+        apply_edit(_entry(), "request.size.x", 1)
+    assert caplog.messages == [
+        "set_serialize_value: 'request.size.x' skipped: 'size' is a str, not an object"
+    ]

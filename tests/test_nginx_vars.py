@@ -435,3 +435,111 @@ def test_tls_without_cipher_leaves_cipher_absent() -> None:
         "version": "TLSv1.3",
         "client_verify": "NONE",
     }
+
+
+# -- rules the mutation run (scripts/mutation) found unheld ------------------------------
+
+
+def test_a_scope_without_raw_path_root_path_or_path_is_the_root() -> None:
+    """ASGI's defaults: ``path`` "/" and ``root_path`` "" when the server gives none."""
+    assert nginx_vars.request_uri({"type": "http"}) == "/"
+    assert nginx_vars.request_uri({"type": "http", "path": "/a b"}) == "/a%20b"
+
+
+def test_an_absolute_form_after_a_root_path_with_path_characters_is_cut_after_it() -> None:
+    # root_path is quoted as a path is (";", ":", "@"… stay) before it is matched.
+    scope = _scope(raw_path=b"/v1;x:y@zhttp://h/p", root_path="/v1;x:y@z")
+    assert nginx_vars.target(scope)[:2] == (b"/v1;x:y@z/p", b"h")
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "uri"),
+    [
+        (b"host:80/a@b", b"host:80/a@b"),  # an "@" after the first "/" is no userinfo
+        (b"host:80/a@b/c", b"host:80/a@b/c"),
+        (b"a@b@host:80", b"host:80"),  # userinfo ends at the last "@"
+        (b"@host:80", b"host:80"),
+        (b"u:s3cr3t@", b""),
+    ],
+)
+def test_userinfo_of_another_target_ends_at_its_last_at_before_the_first_slash(
+    raw_path: bytes, uri: bytes
+) -> None:
+    assert nginx_vars.target(_scope(raw_path=raw_path))[:2] == (uri, None)
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "uri", "named"),
+    [
+        (b"http://h/x@y", b"/x@y", b"h"),  # an "@" in the path is not userinfo
+        (b"http://a@b@h:1/x", b"/x", b"h:1"),  # the host starts after the last "@"
+    ],
+)
+def test_the_host_of_an_absolute_form_follows_the_last_at_of_its_authority(
+    raw_path: bytes, uri: bytes, named: bytes
+) -> None:
+    assert nginx_vars.target(_scope(raw_path=raw_path))[:2] == (uri, named)
+
+
+def test_host_with_a_parsed_target_does_not_parse_the_scope_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scope = _scope(raw_path=b"http://Named.example/x")
+    parsed = nginx_vars.target(scope)
+
+    def no_parsing(scope: Any) -> nginx_vars.Target:
+        raise AssertionError("target() called again")
+
+    monkeypatch.setattr(nginx_vars, "target", no_parsing)
+    assert nginx_vars.host(scope, parsed) == "named.example"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"X.Example.COM", "x.example.com"),  # only spaces are trimmed, no other character
+        (b"[::1]x]", "[::1]"),  # an IPv6 literal ends at its first "]"
+        (b"[]:80", "[]"),
+    ],
+)
+def test_host_name_rules(value: bytes, expected: str) -> None:
+    assert nginx_vars.host(_scope(headers=[(b"host", value)])) == expected
+
+
+def test_request_length_chunked_stays_chunked_after_other_headers_of_its_length() -> None:
+    # "x-forwarded-proto" has 17 bytes, as "transfer-encoding" does.
+    headers = [(b"transfer-encoding", b"chunked"), (b"x-forwarded-proto", b"https")]
+    head = b"GET / HTTP/1.1\r\ntransfer-encoding: chunked\r\nx-forwarded-proto: https\r\n\r\n"
+    scope = _scope(raw_path=b"/", headers=headers)
+    assert nginx_vars.request_length(_captured(scope, body_read=5)) == len(
+        head + b"5\r\nhello\r\n0\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "chunked"),
+    [(b"gzip,  chunked \t", True), (b"chunked, gzip", False), (b"chunkedX", False)],
+)
+def test_request_length_is_chunked_when_chunked_is_the_last_coding(
+    value: bytes, chunked: bool
+) -> None:
+    scope = _scope(raw_path=b"/", headers=[(b"transfer-encoding", value)])
+    head = len(b"GET / HTTP/1.1\r\ntransfer-encoding: \r\n\r\n") + len(value)
+    framing = len(b"5\r\n\r\n0\r\n\r\n") if chunked else 0
+    assert nginx_vars.request_length(_captured(scope, body_read=5)) == head + 5 + framing
+
+
+def test_status_line_sizes_are_computed_then_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nginx_vars, "_STATUS_LINES", {})
+    request = _captured(_scope(), status=201, response_headers=[])
+    size = len(b"HTTP/1.1 201 Created\r\n\r\n")
+    assert nginx_vars.bytes_sent(request) == size
+    cache = nginx_vars._STATUS_LINES
+    assert cache == {201: size - 2}
+    assert nginx_vars.bytes_sent(request) == size
+
+
+def test_headers_keep_only_the_first_when_the_limit_is_one() -> None:
+    raw = [(b"x-a", b"1"), (b"x-b", b"2")]
+    assert nginx_vars.headers(raw, max_headers=1) == {"x-a": "1"}
+    assert nginx_vars.request_headers(raw, max_headers=1) == {"x-a": "1"}

@@ -165,6 +165,9 @@ class KongNginx:
     def lines(self) -> list[dict[bytes, Any]]:
         """Every line logged so far, its strings as raw bytes (see :func:`raw_strings`)."""
         text = self.entries_path.read_bytes().decode("latin-1")
+        # Complete lines only: a long line reaches the file in several writes, and nginx
+        # may be amid them (a loaded machine showed it).
+        text = text[: text.rfind("\n") + 1]
         return [raw_strings(json.loads(line)) for line in text.splitlines() if line]
 
     def entry(self, client_port: int, timeout: float = 10.0) -> dict[bytes, Any]:
