@@ -1,0 +1,237 @@
+"""The bounded buffer and its accounting: exactly ``limit`` entries pending, the next one
+dropped as ``buffer_full``; every counter; ``wait()`` waking on the count, a timeout or
+``wake()``; and the keys ``stats()`` promises."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from kafka_log_middleware.buffer import DROP_REASONS, LogBuffer
+from kafka_log_middleware.capture import CapturedRequest
+from tests.scripted import WAIT, captured, config, invariant_problems
+
+pytestmark = pytest.mark.timeout(30)
+
+SETTINGS = config()
+
+
+def entries(count: int) -> list[CapturedRequest]:
+    """``count`` finished requests."""
+    return [captured(number, SETTINGS) for number in range(count)]
+
+
+def counts(buffer: LogBuffer, *names: str) -> dict[str, int]:
+    """These counters of ``buffer``, after checking the invariant on all of them."""
+    stats = buffer.stats()
+    assert not invariant_problems(stats), stats
+    return {name: stats[name] for name in names}
+
+
+async def settle() -> None:
+    """Let every task that is ready run (a few loop turns)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+# -- the bound --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_exactly_limit_entries_are_accepted_and_the_next_is_dropped(limit: int) -> None:
+    """The bound is exact: limit entries pending, the next one counted buffer_full, not kept."""
+    buffer = LogBuffer(limit)
+    accepted = entries(limit)
+    for entry in accepted:
+        buffer.put(entry)
+    assert counts(buffer, "enqueued", "pending", "buffered", "dropped") == {
+        "enqueued": limit,
+        "pending": limit,
+        "buffered": limit,
+        "dropped": 0,
+    }
+    buffer.put(captured(99, SETTINGS))
+    assert counts(buffer, "enqueued", "pending", "buffered", "dropped", "dropped_buffer_full") == {
+        "enqueued": limit + 1,
+        "pending": limit,
+        "buffered": limit,
+        "dropped": 1,
+        "dropped_buffer_full": 1,
+    }
+    assert buffer.take(limit + 1) == accepted  # the dropped one was never buffered
+
+
+def test_the_bound_counts_pending_entries_not_only_buffered_ones() -> None:
+    """Entries taken to be sent still count toward the bound until they are settled."""
+    buffer = LogBuffer(2)
+    for entry in entries(2):
+        buffer.put(entry)
+    assert len(buffer.take(2)) == 2  # taken to be sent: still pending, still bounded
+    buffer.put(captured(2, SETTINGS))
+    assert counts(buffer, "pending", "buffered", "dropped_buffer_full") == {
+        "pending": 2,
+        "buffered": 0,
+        "dropped_buffer_full": 1,
+    }
+    buffer.deliver(1)  # one settled: room for exactly one more
+    buffer.put(captured(3, SETTINGS))
+    buffer.put(captured(4, SETTINGS))
+    names = ("enqueued", "pending", "buffered", "delivered", "dropped_buffer_full")
+    assert counts(buffer, *names) == {
+        "enqueued": 5,
+        "pending": 2,
+        "buffered": 1,
+        "delivered": 1,
+        "dropped_buffer_full": 2,
+    }
+
+
+def test_a_full_buffer_warns_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """An outage fills the buffer with every request: one warning per interval, not per drop."""
+    buffer = LogBuffer(1)
+    with caplog.at_level(logging.WARNING, logger="kafka_log_middleware"):
+        for entry in entries(4):
+            buffer.put(entry)
+    warnings = [r for r in caplog.records if "buffer full" in r.getMessage()]
+    assert len(warnings) == 1, caplog.records
+    assert buffer.drops["buffer_full"] == 3
+
+
+# -- counters ---------------------------------------------------------------------------
+
+
+def test_every_counter_and_stats_keys() -> None:
+    """Each counting call moves exactly its counters; stats() reports them all by name."""
+    buffer = LogBuffer(100)
+    for entry in entries(10):
+        buffer.put(entry)
+    assert len(buffer.take(9)) == 9  # to be settled; the last one stays buffered
+    buffer.deliver(3)
+    buffer.drop("kafka_error", 1)
+    buffer.drop("too_large", 1)
+    buffer.drop("serialize_error", 1)
+    buffer.drop("shutdown", 1)
+    buffer.give_up_uncertain(2)
+    buffer.count_retried(4)  # informational: no entry changes state
+    assert buffer.stats() == {
+        "enqueued": 10,
+        "delivered": 3,
+        "dropped": 4,
+        "uncertain": 2,
+        "pending": 1,
+        "buffered": 1,
+        "retried": 4,
+        "dropped_buffer_full": 0,
+        "dropped_serialize_error": 1,
+        "dropped_too_large": 1,
+        "dropped_kafka_error": 1,
+        "dropped_shutdown": 1,
+    }
+    assert not invariant_problems(buffer.stats())
+    assert list(buffer.stats())[-len(DROP_REASONS) :] == [f"dropped_{r}" for r in DROP_REASONS]
+
+
+def test_a_fresh_buffer_counts_nothing() -> None:
+    """stats() has the keys the README promises, one dropped_* per drop reason."""
+    stats = LogBuffer(5).stats()
+    assert set(stats.values()) == {0}
+    assert set(stats) == {
+        "enqueued",
+        "delivered",
+        "dropped",
+        "uncertain",
+        "pending",
+        "buffered",
+        "retried",
+        *(f"dropped_{reason}" for reason in DROP_REASONS),
+    }
+    assert set(DROP_REASONS) == {
+        "buffer_full",
+        "serialize_error",
+        "too_large",
+        "kafka_error",
+        "shutdown",
+    }
+
+
+def test_take_peek_and_drain_all_keep_the_order() -> None:
+    """Entries leave in arrival order (Kong's order), and leaving does not settle them."""
+    buffer = LogBuffer(10)
+    items = entries(5)
+    for entry in items:
+        buffer.put(entry)
+    assert buffer.peek() is items[0]
+    assert buffer.take(2) == items[:2]
+    assert buffer.peek() is items[2] and len(buffer) == 3 and bool(buffer)
+    assert buffer.drain_all() == items[2:]
+    assert buffer.peek() is None and len(buffer) == 0 and not buffer
+    assert buffer.take(3) == []
+    assert counts(buffer, "pending") == {"pending": 5}  # taken or drained: still pending
+
+
+# -- wait() -----------------------------------------------------------------------------
+
+
+async def test_wait_returns_at_once_when_enough_are_buffered() -> None:
+    """A wait already satisfied does not block."""
+    buffer = LogBuffer(10)
+    for entry in entries(2):
+        buffer.put(entry)
+    await asyncio.wait_for(buffer.wait(2, None), WAIT)
+
+
+async def test_wait_wakes_on_the_count_th_entry_not_before() -> None:
+    """The publisher sleeps until its count is buffered: no wake-up per entry."""
+    buffer = LogBuffer(10)
+    waiter = asyncio.create_task(buffer.wait(3, None))
+    try:
+        await settle()
+        for entry in entries(2):
+            buffer.put(entry)
+            await settle()
+            assert not waiter.done()
+        buffer.put(captured(2, SETTINGS))
+        await asyncio.wait_for(waiter, WAIT)
+    finally:
+        waiter.cancel()
+
+
+async def test_a_dropped_entry_does_not_wake_the_waiter() -> None:
+    """An entry dropped at the bound is not buffered, so it wakes nobody."""
+    buffer = LogBuffer(1)
+    buffer.put(captured(0, SETTINGS))
+    waiter = asyncio.create_task(buffer.wait(2, None))
+    try:
+        await settle()
+        buffer.put(captured(1, SETTINGS))  # over the bound: dropped, not buffered
+        await settle()
+        assert not waiter.done()
+        buffer.wake()
+        await asyncio.wait_for(waiter, WAIT)
+    finally:
+        waiter.cancel()
+
+
+async def test_wait_times_out_quietly() -> None:
+    """A wait's timeout returns normally and leaves no waiter behind."""
+    buffer = LogBuffer(10)
+    await asyncio.wait_for(buffer.wait(1, 0.01), WAIT)  # returns, does not raise
+    assert len(buffer) == 0
+    buffer.put(captured(0, SETTINGS))  # no waiter left behind to wake
+    await asyncio.wait_for(buffer.wait(1, None), WAIT)
+
+
+async def test_wake_ends_a_wait_early() -> None:
+    """wake() (shutdown, a config change) ends a wait with nothing buffered."""
+    buffer = LogBuffer(10)
+    waiter = asyncio.create_task(buffer.wait(1, None))
+    try:
+        await settle()
+        assert not waiter.done()
+        buffer.wake()
+        await asyncio.wait_for(waiter, WAIT)
+        assert len(buffer) == 0
+    finally:
+        waiter.cancel()
