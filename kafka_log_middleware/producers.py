@@ -137,7 +137,8 @@ class Producer:
         """Hand ``messages`` over for delivery to ``topic``.
 
         Returns once all are handed over (it never waits on Kafka); ``on_done`` then
-        reports every message exactly once (in batches).
+        reports every message exactly once (in batches). It raises only before reporting
+        any of them (the publisher then counts them all as not delivered).
         """
         raise NotImplementedError
 

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from . import _log
 from .buffer import LogBuffer
@@ -85,6 +85,25 @@ class _Retry:
     due: float
     maybe_written: bool = False
     """An earlier attempt may have reached Kafka (and the entries are counted retried)."""
+
+
+class _Attempt:
+    """One hand-over's delivery report (an ``OnDone``), knowing what it reports on: the
+    outbox the messages came from, the attempt's number, and ``written_before``: an
+    earlier attempt may have reached Kafka (so they are counted as retried already)."""
+
+    __slots__ = ("box", "number", "publisher", "written_before")
+
+    def __init__(self, publisher: Publisher, box: _Outbox, number: int, written: bool) -> None:
+        self.publisher = publisher
+        self.box = box
+        self.number = number
+        self.written_before = written
+
+    def __call__(
+        self, delivered: int, failed: list[Message], failure: Failure | None, resent: bool
+    ) -> None:
+        self.publisher._reported(self, delivered, failed, failure, resent)
 
 
 class Publisher:
@@ -177,10 +196,13 @@ class Publisher:
         The buffer is shared already.
         """
         for use in old._uses.values():
-            for topic, messages, _ in use.producer.withdraw():
+            for _, messages, on_done in use.producer.withdraw():
                 use.in_flight -= len(messages)
-                box = self._outbox(use.config.replace(topic=topic))
-                self._retries.append(_Retry(box, messages, 1, 0.0))
+                attempt = cast(_Attempt, on_done)  # every report we hand out is one
+                box = self._outbox(attempt.box.config)
+                self._retries.append(
+                    _Retry(box, messages, attempt.number, 0.0, attempt.written_before)
+                )
         old._accounting_closed = True
         for old_box in old._outboxes.values():
             if old_box.messages:
@@ -353,25 +375,26 @@ class Publisher:
             on_done(0, messages, Failure(Verdict.RETRY, type(exc).__name__), False)
 
     def _on_done_for(self, box: _Outbox, attempt: int, written_before: bool) -> OnDone:
-        """The delivery report of one attempt; ``written_before``: an earlier attempt of
-        these messages may have reached Kafka (so they are counted as retried already)."""
+        """The delivery report of one attempt (see ``_Attempt``)."""
+        return _Attempt(self, box, attempt, written_before)
 
-        use = box.use
-
-        def on_done(
-            delivered: int, failed: list[Message], failure: Failure | None, resent: bool
-        ) -> None:
-            use.in_flight -= delivered + len(failed)
-            if self._accounting_closed:
-                return
-            if delivered:
-                self.buffer.deliver(delivered)
-                if resent and not written_before:  # the client re-sent them itself
-                    self.buffer.count_retried(delivered)
-            if failed and failure is not None:
-                self._failed(box, attempt, failed, failure, written_before)
-
-        return on_done
+    def _reported(
+        self,
+        attempt: _Attempt,
+        delivered: int,
+        failed: list[Message],
+        failure: Failure | None,
+        resent: bool,
+    ) -> None:
+        attempt.box.use.in_flight -= delivered + len(failed)
+        if self._accounting_closed:
+            return
+        if delivered:
+            self.buffer.deliver(delivered)
+            if resent and not attempt.written_before:  # the client re-sent them itself
+                self.buffer.count_retried(delivered)
+        if failed and failure is not None:
+            self._failed(attempt.box, attempt.number, failed, failure, attempt.written_before)
 
     def _failed(
         self,

@@ -828,12 +828,6 @@ def test_taken_over_entries_for_a_producer_that_never_connects_are_counted_at_cl
     } == {"uncertain": 2, "dropped_shutdown": 2, "dropped": 2, "retried": 2, "pending": 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: Publisher.take_over gives a batch withdrawn from the old producer "
-    "the delivery policy of the config the producer was made for (use.config), not that of "
-    "the batch's own config: withdraw() returns only (topic, messages, on_done)",
-)
 def test_a_taken_over_withdrawn_batch_keeps_its_config_s_retry_policy(
     scripted: Scripted,
 ) -> None:
