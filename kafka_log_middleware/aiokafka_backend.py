@@ -117,6 +117,13 @@ class AiokafkaProducer(Producer):
             lane.clear()
         return taken
 
+    def abandon(self) -> None:
+        """See ``Producer.abandon``; aiokafka would report the client as unclosed when it
+        is collected, which it cannot be: its sockets close with it."""
+        super().abandon()
+        if self._producer is not None:
+            self._producer._closed = True
+
     async def _drain(self, topic: str, lane: _Lane) -> None:
         """Hand the lane's batches to aiokafka in order; ends when the lane is empty."""
         try:

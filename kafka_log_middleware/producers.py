@@ -150,6 +150,11 @@ class Producer:
         """
         return []
 
+    def abandon(self) -> None:
+        """Let go of a producer whose event loop has ended: it can neither send nor be
+        closed there any more. What its client holds stays unreported (``uncertain``)."""
+        self.closed = True
+
     def _fitting(self, messages: Sequence[Message], on_done: OnDone) -> list[Message]:
         """The messages within the size limit; the others are reported as too large."""
         limit = self._max_size

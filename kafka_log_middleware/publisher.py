@@ -203,6 +203,7 @@ class Publisher:
                 self._retries.append(
                     _Retry(box, messages, attempt.number, 0.0, attempt.written_before)
                 )
+            use.producer.abandon()
         old._accounting_closed = True
         for old_box in old._outboxes.values():
             if old_box.messages:

@@ -141,6 +141,7 @@ def test_uvicorn_without_a_lifespan_shutdown_delivers_at_exit(
     }
     done = run_uvicorn(env, 30)
     assert done.returncode == 0, done.stderr
+    assert "Unclosed" not in done.stderr, done.stderr  # every client we made is closed
     records = asyncio.run(consume(kafka_bootstrap, topic, 30, timeout=10))
     assert numbers(records) == list(range(30))
 

@@ -773,6 +773,7 @@ def test_take_over_sends_what_a_gone_loop_left_and_counts_what_its_client_held(
     assert not invariant_problems(after_take_over), after_take_over
     assert after_take_over["uncertain"] == 2  # what the old client held: 0 and 1
     assert len(scripted.made) == 2
+    assert first.closed  # abandoned: its loop is gone, nothing may use it again
     second = scripted.made[1]
     assert sorted_batches(h.ids for h in second.handovers) == [[2, 3], [4, 5], [6]]
     assert all(h.loop is loops[1] for h in second.handovers)
