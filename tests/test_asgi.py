@@ -43,7 +43,8 @@ def offline_config(**changes: Any) -> KafkaLogConfig:
 
 
 def buffered(middleware: KafkaLogMiddleware) -> list[CapturedRequest]:
-    return list(middleware._buffer._items)
+    assert middleware._pipeline is not None
+    return list(middleware._pipeline._buffer._items)
 
 
 async def hello(request: Request) -> JSONResponse:
@@ -578,4 +579,5 @@ def test_a_loop_ended_without_aclose_after_a_config_change_does_not_hang() -> No
         runner.run(serve())
     finally:
         runner.close()  # cancels the publisher: it must end
-    middleware._publisher = None  # nothing for the exit flush here
+    assert middleware._pipeline is not None
+    middleware._pipeline.publisher = None  # nothing for the exit flush here

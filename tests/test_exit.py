@@ -54,7 +54,8 @@ def test_entries_left_when_the_loop_ended_are_flushed_at_exit(
     middleware = KafkaLogMiddleware(hello, config)
     asyncio.run(serve(middleware, range(20)))  # ends the loop, as a server without lifespan
     assert middleware.stats()["pending"] == 20
-    middleware._exit()  # what atexit calls
+    assert middleware._pipeline is not None
+    middleware._pipeline._exit()  # what atexit calls
     stats = middleware.stats()
     assert stats["delivered"] == 20 and stats["pending"] == 0, stats
     records = asyncio.run(consume(kafka_bootstrap, config.topic, 20, timeout=10))
