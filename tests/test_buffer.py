@@ -9,6 +9,7 @@ import logging
 
 import pytest
 
+from kafka_log_middleware import _log
 from kafka_log_middleware.buffer import DROP_REASONS, LogBuffer
 from kafka_log_middleware.capture import CapturedRequest
 from tests.scripted import WAIT, captured, config, invariant_problems
@@ -131,6 +132,50 @@ def test_every_counter_and_stats_keys() -> None:
     }
     assert not invariant_problems(buffer.stats())
     assert list(buffer.stats())[-len(DROP_REASONS) :] == [f"dropped_{r}" for r in DROP_REASONS]
+
+
+def test_counters_add_up_over_calls() -> None:
+    """Every counting call adds to its counters; none replaces them."""
+    buffer = LogBuffer(100)
+    for entry in entries(10):
+        buffer.put(entry)
+    buffer.take(10)
+    for _ in range(2):
+        buffer.deliver(1)
+        buffer.drop("kafka_error", 1)
+        buffer.give_up_uncertain(2)
+        buffer.count_retried(3)
+    assert counts(
+        buffer, "delivered", "dropped", "dropped_kafka_error", "uncertain", "retried"
+    ) == {
+        "delivered": 2,
+        "dropped": 2,
+        "dropped_kafka_error": 2,
+        "uncertain": 4,
+        "retried": 6,
+    }
+
+
+def test_drops_warn_per_reason_with_count_and_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """Each drop reason has a rate limit of its own: one reason's warnings do not hide
+    another's; a warning says how many and why, and uncertain entries warn on their own."""
+    _log.reset()
+    buffer = LogBuffer(100)
+    for entry in entries(10):
+        buffer.put(entry)
+    buffer.take(10)
+    with caplog.at_level(logging.WARNING, logger="kafka_log_middleware"):
+        buffer.drop("kafka_error", 2)
+        buffer.drop("kafka_error", 1)  # within the interval: suppressed
+        buffer.drop("shutdown", 3)
+        buffer.give_up_uncertain(4)
+    assert [r.getMessage() for r in caplog.records] == [
+        "kafka_log_middleware: dropped 2 log entries (kafka_error)",
+        "kafka_log_middleware: dropped 3 log entries (shutdown)",
+        "kafka_log_middleware: gave up on 4 log entries that may or may not have reached "
+        "Kafka (their last attempt was not acknowledged)",
+    ]
+    _log.reset()
 
 
 def test_a_fresh_buffer_counts_nothing() -> None:
