@@ -403,6 +403,9 @@ class Rig:
         """Close the publisher (bounded, even if it misbehaves)."""
         self.closed = True
         await asyncio.wait_for(self.publisher.close(timeout), timeout + WAIT)
+        task = self.publisher._task
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            self.violations.append(f"the publisher's task failed: {task.exception()!r}")
         self._step()
 
     # -- looking ------------------------------------------------------------------

@@ -379,6 +379,21 @@ async def test_producer_async_false_sends_each_entry_alone(scripted: Scripted) -
 # -- outcomes: uncertain and retried --------------------------------------------------
 
 
+async def test_producer_async_false_gives_each_entry_every_attempt(scripted: Scripted) -> None:
+    """Sync mode hands each entry over alone as its first attempt: all attempts are used."""
+    scripted.respond = always(RETRY)
+    settings = config(
+        producer_async=False,
+        producer_request_retries_max_attempts=2,
+        producer_request_retries_backoff_timeout=1,
+    )
+    async with Rig(scripted, settings) as rig:
+        rig.put(2)
+        await rig.settled()
+    assert sorted_batches(h.ids for h in rig.handovers()) == [[0], [0], [1], [1]]
+    assert rig.buffer.stats()["dropped_kafka_error"] == 2
+
+
 async def test_a_retry_after_a_maybe_written_attempt_is_counted_retried_once(
     reporting: Scripted,
 ) -> None:
