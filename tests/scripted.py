@@ -171,6 +171,8 @@ class ScriptedProducer(Producer):
         if maker.ready:
             self.gate.set()
         self.shut_down = False
+        self.close_timeout: float | None = None
+        """The timeout this producer was closed with (``None``: not closed)."""
 
     async def _open(self) -> None:
         await self.gate.wait()
@@ -227,6 +229,7 @@ class ScriptedProducer(Producer):
     async def _shutdown(self, timeout: float) -> None:
         # As the backends do: what was never given to the client is reported as such.
         self.shut_down = True
+        self.close_timeout = timeout
         for _, messages, on_done in self.withdraw():
             on_done(0, messages, CLOSED, False)
 
@@ -350,7 +353,9 @@ class Rig:
         limit = config.producer_async_buffering_limits_messages_in_memory
         self.buffer = buffer if buffer is not None else LogBuffer(limit)
         self.cache = ProducerCache()
-        self.publisher = Publisher(self.buffer, lambda: self.config, self.cache, resolver)
+        self.publisher = Publisher(self.buffer, self._config_in_force, self.cache, resolver)
+        self.config_reads = 0
+        """How often the publisher asked for the config in force (each time it wakes up)."""
         self.violations: list[str] = []
         self.closed = False
         self._changed = asyncio.Event()
@@ -383,6 +388,10 @@ class Rig:
             self.stop_checking()
         if kind is None:
             self.check()
+
+    def _config_in_force(self) -> KafkaLogConfig:
+        self.config_reads += 1
+        return self.config
 
     def _step(self) -> None:
         self.violations += invariant_problems(self.buffer.stats())

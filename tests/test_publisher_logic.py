@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from tests.scripted import (
     DELIVER,
     RETRY,
     RETRY_MAYBE_WRITTEN,
+    WAIT,
     Clock,
     Deliver,
     HandOver,
@@ -602,6 +604,53 @@ async def test_at_shutdown_each_kind_of_pending_entry_is_counted_its_way(
         }
 
 
+async def test_close_waits_for_a_held_batch_that_is_reported_before_its_timeout(
+    scripted: Scripted,
+) -> None:
+    """close waits for what the client holds: an acknowledgement in time is delivered."""
+    scripted.respond = always(Keep.HELD)
+    settings = config(producer_request_limits_messages_per_request=2)
+    async with Rig(scripted, settings) as rig:
+        rig.put(2)
+        await rig.handed_over(1)
+        closing = asyncio.create_task(rig.close(WAIT))
+        await rig.quiet()
+        assert not closing.done()  # waiting for the acknowledgement
+        [held] = rig.producer.held()
+        rig.producer.report(held, DELIVER)
+        await closing
+        assert rig.counts("delivered", "uncertain", "dropped", "pending") == {
+            "delivered": 2,
+            "uncertain": 0,
+            "dropped": 0,
+            "pending": 0,
+        }
+        # The producer is closed with what is left of close's timeout.
+        timeout = rig.producer.close_timeout
+        assert timeout is not None and 0.1 <= timeout <= WAIT, timeout
+
+
+async def test_close_gives_up_at_its_timeout_and_still_gives_the_producer_0_1_s_to_close(
+    scripted: Scripted,
+) -> None:
+    """A batch never acknowledged is uncertain at the deadline; the producer's close still
+    gets at least 0.1 s, though close's own time is up."""
+    scripted.respond = always(Keep.HELD)
+    settings = config(producer_request_limits_messages_per_request=2)
+    async with Rig(scripted, settings) as rig:
+        rig.put(2)
+        await rig.handed_over(1)
+        await rig.close(0.3)
+        assert rig.counts("uncertain", "dropped", "delivered", "pending") == {
+            "uncertain": 2,
+            "dropped": 0,
+            "delivered": 0,
+            "pending": 0,
+        }
+        assert rig.producer.shut_down
+        assert rig.producer.close_timeout == 0.1
+
+
 # -- readiness ------------------------------------------------------------------------
 
 
@@ -623,6 +672,237 @@ async def test_entries_wait_for_the_producer_to_connect(scripted: Scripted) -> N
         await rig.settled()
         assert sorted(i for batch in rig.batches() for i in batch) == [0, 1, 2]
         assert scripted.delivered_ids() == [0, 1, 2]
+
+
+# -- producers of configs no longer in force ------------------------------------------
+
+
+async def test_a_config_change_starts_the_new_producer_connecting_before_any_request(
+    scripted: Scripted,
+) -> None:
+    """The new config's producer is acquired (and connects) at the change, not at its
+    first entry."""
+    settings = config(producer_async_flush_timeout=60_000)  # the old producer's grace: 60 s
+    async with Rig(scripted, settings) as rig:
+        rig.config = settings.replace(bootstrap_servers="127.0.0.1:10")
+        rig.buffer.wake()  # as Pipeline.update_config does
+        await rig.until(lambda: len(scripted.made) == 2 and scripted.made[1].ready)
+        first, second = scripted.made
+        assert second.config.bootstrap_servers == ("127.0.0.1:10",)
+        assert rig.publisher.producers() == [first, second]
+        assert rig.handovers() == []
+
+
+async def test_the_old_config_s_producer_is_released_once_its_grace_has_passed(
+    scripted: Scripted, clock: Clock
+) -> None:
+    """After a config change, the old producer is kept for its grace (the flush timeout of
+    the config it served), then released and closed with shutdown_timeout."""
+    settings = config(producer_async_flush_timeout=60_000, shutdown_timeout=2500)
+    async with Rig(scripted, settings) as rig:
+        rig.config = settings.replace(bootstrap_servers="127.0.0.1:10")
+        rig.buffer.wake()
+        await rig.until(lambda: len(scripted.made) == 2)
+        first, second = scripted.made
+        clock.advance(50)  # 10 s of the grace left
+        rig.buffer.wake()
+        await rig.quiet()
+        assert rig.publisher.producers() == [first, second]
+        assert not first.closed
+        clock.advance(10.001)
+        rig.buffer.wake()
+        await rig.until(lambda: first.shut_down)
+        assert rig.publisher.producers() == [second]
+        assert first.close_timeout == 2.5
+        assert not second.closed
+
+
+async def test_the_old_producer_is_released_after_its_grace_with_no_request_to_wake_it(
+    scripted: Scripted,
+) -> None:
+    """A publisher with nothing else to do wakes by itself when an old producer's grace
+    ends (on the real clock: no entry, no wake-up after the change)."""
+    settings = config(producer_async_flush_timeout=300)  # the old producer's grace: 0.3 s
+    # The new config's own grace is long: the wake-up must be for the old producer.
+    new = settings.replace(bootstrap_servers="127.0.0.1:10", producer_async_flush_timeout=60_000)
+    async with Rig(scripted, settings) as rig:
+        rig.config = new
+        rig.buffer.wake()
+        await rig.until(lambda: len(scripted.made) == 2)
+        first, second = scripted.made
+        await rig.until(lambda: first.shut_down)
+        assert rig.publisher.producers() == [second]
+        assert rig.handovers() == []
+
+
+async def test_an_idle_publisher_sleeps_until_its_next_timer_without_polling(
+    scripted: Scripted,
+) -> None:
+    """With nothing to send, the publisher sleeps until an entry comes or, while an old
+    producer is kept, until its grace ends: it does not wake up meanwhile to look again."""
+    settings = config(producer_async_flush_timeout=60_000)
+    async with Rig(scripted, settings) as rig:
+        await rig.quiet()
+        reads = rig.config_reads
+        await rig.quiet()
+        assert rig.config_reads == reads  # only the config in force: nothing to wait for
+        # The new config's grace is short: only an old producer's grace is waited for.
+        rig.config = settings.replace(
+            bootstrap_servers="127.0.0.1:10", producer_async_flush_timeout=1
+        )
+        rig.buffer.wake()
+        await rig.until(lambda: len(scripted.made) == 2)
+        await rig.quiet()
+        reads = rig.config_reads
+        await rig.quiet()
+        assert rig.config_reads == reads  # the old producer's grace: 60 s
+        assert len(rig.publisher.producers()) == 2
+
+
+async def test_the_producer_of_the_config_in_force_is_never_released(
+    scripted: Scripted, clock: Clock
+) -> None:
+    """However long it idles, the config in force keeps its one producer."""
+    async with Rig(scripted, config()) as rig:
+        rig.put(1)
+        await rig.settled()
+        clock.advance(3600)  # far past its grace and its keepalive
+        rig.buffer.wake()
+        await rig.quiet()
+        rig.put(1)
+        await rig.settled()
+        assert rig.batches() == [[0], [1]]
+        assert rig.publisher.producers() == [rig.producer]  # one made, never let go
+        assert not rig.producer.closed
+
+
+async def test_an_old_producer_is_kept_while_its_batch_is_unreported(
+    scripted: Scripted, clock: Clock
+) -> None:
+    """Entries in flight keep an old producer past its grace; it goes once they are reported."""
+    scripted.respond = always(Keep.HELD)
+    settings = config()
+    async with Rig(scripted, settings) as rig:
+        rig.put(1)
+        await rig.handed_over(1)
+        rig.config = settings.replace(bootstrap_servers="127.0.0.1:10")
+        clock.advance(3600)
+        rig.buffer.wake()
+        await rig.until(lambda: len(scripted.made) == 2)
+        await rig.quiet()
+        first, second = scripted.made
+        assert rig.publisher.producers() == [first, second]
+        assert not first.closed
+        [held] = first.held()
+        first.report(held, DELIVER)
+        await rig.until(lambda: first.shut_down)  # no wake-up needed
+        assert rig.publisher.producers() == [second]
+        assert rig.counts("delivered", "uncertain", "pending") == {
+            "delivered": 1,
+            "uncertain": 0,
+            "pending": 0,
+        }
+
+
+async def test_an_old_producer_is_kept_while_its_outbox_holds_entries(
+    scripted: Scripted, clock: Clock
+) -> None:
+    """Entries encoded for an old producer that has not connected yet keep it past its
+    grace; once it connects they go through it, and then it is released."""
+    scripted.ready = False
+    settings = config()
+    async with Rig(scripted, settings) as rig:
+        rig.put(2)
+        await rig.encoded()
+        scripted.ready = True  # the new config's producer connects at once
+        rig.config = settings.replace(bootstrap_servers="127.0.0.1:10")
+        clock.advance(3600)
+        rig.buffer.wake()
+        await rig.until(lambda: len(scripted.made) == 2)
+        await rig.quiet()
+        first, second = scripted.made
+        assert rig.publisher.producers() == [first, second]
+        assert not first.closed
+        first.gate.set()
+        await rig.until(lambda: first.shut_down)
+        assert [h.ids for h in first.handovers] == [[0, 1]]
+        assert second.handovers == []
+        assert rig.counts("delivered", "dropped", "pending") == {
+            "delivered": 2,
+            "dropped": 0,
+            "pending": 0,
+        }
+
+
+async def test_a_retry_waiting_keeps_its_old_producer_and_an_idle_one_after_it_still_goes(
+    scripted: Scripted, clock: Clock
+) -> None:
+    """A retry waiting for a producer no config in force uses keeps it; the sweep goes on
+    to release an idle one that comes after it."""
+    settings = config()
+    # Entry 0 goes through a producer whose retry waits 600 s; entry 1 through another.
+    waiting = settings.replace(
+        bootstrap_servers="127.0.0.1:10", producer_request_retries_backoff_timeout=600_000
+    )
+    idle = settings.replace(bootstrap_servers="127.0.0.1:11")
+    retry_once = per_batch(RETRY, then=DELIVER)
+    scripted.respond = lambda handover: retry_once(handover) if handover.ids == [0] else DELIVER
+
+    def resolve(request: CapturedRequest) -> KafkaLogConfig | None:
+        return waiting if request_number(request) == 0 else idle
+
+    async with Rig(scripted, settings, resolver=resolve) as rig:
+        rig.put(2)
+        await rig.handed_over(2)
+        current, kept, released = scripted.made
+        assert [kept.config.bootstrap_servers, released.config.bootstrap_servers] == [
+            ("127.0.0.1:10",),
+            ("127.0.0.1:11",),
+        ]
+        clock.advance(61)  # past their grace (keepalive: 60 s), not the 600 s backoff
+        rig.buffer.wake()
+        await rig.until(lambda: released.shut_down)
+        assert rig.publisher.producers() == [current, kept]
+        assert not kept.closed
+        clock.advance(540)  # the retry is due
+        rig.buffer.wake()
+        await rig.settled()
+        assert [h.ids for h in kept.handovers] == [[0], [0]]
+        clock.advance(61)
+        rig.buffer.wake()
+        await rig.until(lambda: kept.shut_down)
+        assert rig.publisher.producers() == [current]
+        assert rig.counts("delivered", "dropped") == {"delivered": 2, "dropped": 0}
+
+
+async def test_every_idle_resolver_producer_is_released_once_its_keepalive_has_passed(
+    scripted: Scripted, clock: Clock
+) -> None:
+    """A producer only resolver configs used is kept idle for its keepalive, then released;
+    the producer of the config in force, which comes first, does not stop the sweep."""
+    settings = config(shutdown_timeout=1500)
+    chosen = {
+        0: settings.replace(bootstrap_servers="127.0.0.1:10", keepalive=30_000),
+        1: settings.replace(bootstrap_servers="127.0.0.1:11", keepalive=30_000),
+    }
+
+    def resolve(request: CapturedRequest) -> KafkaLogConfig | None:
+        return chosen[request_number(request)]
+
+    async with Rig(scripted, settings, resolver=resolve) as rig:
+        rig.put(2)
+        await rig.settled()
+        current, one, two = scripted.made
+        clock.advance(25)  # 5 s of the keepalive left
+        rig.buffer.wake()
+        await rig.quiet()
+        assert rig.publisher.producers() == [current, one, two]
+        clock.advance(5.001)
+        rig.buffer.wake()
+        await rig.until(lambda: one.shut_down and two.shut_down)
+        assert rig.publisher.producers() == [current]
+        assert (one.close_timeout, two.close_timeout) == (1.5, 1.5)
+        assert not current.closed
 
 
 # -- routing and encoding -------------------------------------------------------------
@@ -731,6 +1011,26 @@ async def test_an_entry_that_cannot_be_encoded_is_dropped_serialize_error(
             "delivered": 2,
             "pending": 0,
         }
+
+
+@pytest.mark.parametrize(
+    ("keyed", "key"),
+    [
+        ({}, None),
+        ({"key_query_arg": "n"}, b"0"),
+        ({"key": lambda request: f"k{request_number(request)}"}, b"k0"),
+    ],
+    ids=["no-key", "key_query_arg", "key-hook"],
+)
+async def test_the_message_key_is_none_unless_key_or_key_query_arg_is_configured(
+    scripted: Scripted, keyed: dict[str, Any], key: bytes | None
+) -> None:
+    """Without key or key_query_arg, no key; with either, the one message_key computes."""
+    async with Rig(scripted, config(**keyed)) as rig:
+        rig.put(1)
+        await rig.settled()
+        [handover] = rig.handovers()
+        assert [message_key for message_key, _ in handover.messages] == [key]
 
 
 # -- take-over by the exit flush ------------------------------------------------------
@@ -874,3 +1174,91 @@ def test_a_taken_over_withdrawn_batch_keeps_its_config_s_retry_policy(
 
     asyncio.run(take_over())
     assert [h.topic for h in scripted.made[1].handovers] == ["audit"]  # one attempt, not 3
+
+
+@pytest.mark.parametrize(
+    "next_failure", [RETRY, RETRY_MAYBE_WRITTEN], ids=["then-plain", "then-maybe-written"]
+)
+def test_a_withdrawn_batch_that_may_be_written_is_uncertain_after_take_over(
+    scripted: Scripted, next_failure: Outcome
+) -> None:
+    """A batch withdrawn from the old producer keeps what its earlier attempt may have
+    written: given up in the new loop, uncertain (not dropped), and counted retried once."""
+    # The old loop: attempt 1 may have reached Kafka, attempt 2 waits in the producer's queue.
+    scripted.respond = in_turn(RETRY_MAYBE_WRITTEN, Keep.QUEUED)
+    settings = config(
+        producer_request_limits_messages_per_request=2, producer_request_retries_max_attempts=3
+    )
+    buffer = LogBuffer(100)
+
+    async def serve() -> Publisher:
+        rig = Rig(scripted, settings, buffer=buffer)
+        rig.start()
+        try:
+            rig.put(2)
+            await rig.handed_over(2)
+        finally:
+            rig.stop_checking()
+        return rig.publisher
+
+    old = asyncio.run(serve())
+    assert buffer.stats()["retried"] == 2
+    # The new loop: attempts 2 and 3 (the last) fail.
+    scripted.respond = in_turn(next_failure, RETRY)
+
+    async def take_over() -> None:
+        rig = Rig(scripted, settings, buffer=buffer)
+        rig.publisher.take_over(old)
+        async with rig:
+            await rig.settled()
+
+    asyncio.run(take_over())
+    assert [h.ids for h in scripted.made[1].handovers] == [[0, 1], [0, 1]]
+    stats = buffer.stats()
+    assert not invariant_problems(stats), stats
+    assert {k: stats[k] for k in ("uncertain", "dropped", "retried", "delivered", "pending")} == {
+        "uncertain": 2,
+        "dropped": 0,
+        "retried": 2,
+        "delivered": 0,
+        "pending": 0,
+    }
+
+
+def test_entries_taken_over_from_an_old_outbox_get_every_attempt(scripted: Scripted) -> None:
+    """Entries the old loop had only encoded were never attempted: the new loop gives them
+    all producer_request_retries_max_attempts."""
+    settings = config(producer_async_flush_timeout=60_000, producer_request_retries_max_attempts=2)
+    buffer = LogBuffer(100)
+
+    async def serve() -> Publisher:
+        rig = Rig(scripted, settings, buffer=buffer)
+        rig.start()
+        try:
+            rig.put(1)  # waits for the (long) flush timer
+            await rig.encoded()
+        finally:
+            rig.stop_checking()
+        return rig.publisher
+
+    old = asyncio.run(serve())
+    scripted.respond = always(RETRY)
+
+    async def take_over() -> None:
+        rig = Rig(scripted, settings, buffer=buffer)
+        rig.publisher.take_over(old)
+        async with rig:
+            await rig.settled()
+
+    asyncio.run(take_over())
+    first, second = scripted.made
+    assert first.handovers == []
+    assert [h.ids for h in second.handovers] == [[0], [0]]
+    stats = buffer.stats()
+    assert not invariant_problems(stats), stats
+    assert {k: stats[k] for k in ("dropped_kafka_error", "dropped", "uncertain", "pending")} == {
+        "dropped_kafka_error": 1,
+        "dropped": 1,
+        "uncertain": 0,
+        "pending": 0,
+    }
