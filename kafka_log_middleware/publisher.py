@@ -57,8 +57,6 @@ class _Use:
     """A producer this publisher holds, with its batches awaiting acknowledgement."""
 
     producer: Producer
-    config: KafkaLogConfig
-    """A config with this producer's settings (to make the producer again elsewhere)."""
     grace: float
     in_flight: int = 0
     """Entries handed to the producer and not reported yet."""
@@ -473,7 +471,7 @@ class Publisher:
                 if key == current.producer_key()
                 else config.keepalive
             ) / 1000
-            use = self._uses[key] = _Use(self._cache.acquire(config), config, grace)
+            use = self._uses[key] = _Use(self._cache.acquire(config), grace)
         return use
 
     def _release_in(self, config: KafkaLogConfig) -> float | None:
