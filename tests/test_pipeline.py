@@ -5,12 +5,12 @@ change, ``aclose`` and the flush at exit."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from kafka_log_middleware import KafkaLogConfig
-from kafka_log_middleware import pipeline as pipeline_module
 from kafka_log_middleware.pipeline import Pipeline, config_of, update_config_of
 from tests.polling import eventually
 from tests.scripted import Scripted, captured, config
@@ -93,7 +93,7 @@ async def test_a_forked_worker_starts_with_its_own_buffer(
 ) -> None:
     pipeline = Pipeline(config())
     pipeline.submit(captured(0, pipeline.config))  # the parent's: never started here
-    monkeypatch.setattr(pipeline_module.os, "getpid", lambda: -1)
+    monkeypatch.setattr(os, "getpid", lambda: -1)
     pipeline.start()
     assert pipeline.stats()["enqueued"] == 0
     await pipeline.aclose()
@@ -131,5 +131,5 @@ def test_the_exit_flush_sends_what_an_ended_loop_left(scripted: Scripted) -> Non
 
 
 def test_repr_shows_the_config() -> None:
-    settings = KafkaLogConfig(bootstrap_servers="k:9092", topic="t")
+    settings = KafkaLogConfig(bootstrap_servers=("k:9092",), topic="t")
     assert repr(Pipeline(settings)) == f"Pipeline({settings!r})"
