@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from kafka_log_middleware.buffer import LogBuffer
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig
 from kafka_log_middleware.producers import Verdict
-from kafka_log_middleware.publisher import Publisher
+from kafka_log_middleware.publisher import Publisher, Resolver
 from tests.scripted import (
     DELIVER,
     RETRY,
@@ -1035,6 +1035,53 @@ async def test_the_message_key_is_none_unless_key_or_key_query_arg_is_configured
 
 # -- take-over by the exit flush ------------------------------------------------------
 
+Step = Callable[[Rig], Awaitable[None]]
+
+
+def ended_loop_publisher(
+    scripted: Scripted,
+    settings: KafkaLogConfig,
+    buffer: LogBuffer,
+    fill: Step,
+    resolver: Resolver | None = None,
+) -> Publisher:
+    """The publisher of a loop that ran ``fill`` and ended, as ``asyncio.run``'s does:
+    not closed, with whatever ``fill`` left in it."""
+
+    async def serve() -> Publisher:
+        rig = Rig(scripted, settings, buffer=buffer, resolver=resolver)
+        rig.start()
+        try:
+            await fill(rig)
+        finally:
+            rig.stop_checking()
+        return rig.publisher
+
+    return asyncio.run(serve())
+
+
+async def _settle(rig: Rig) -> None:
+    await rig.settled()
+
+
+def taken_over(
+    scripted: Scripted,
+    settings: KafkaLogConfig,
+    buffer: LogBuffer,
+    old: Publisher,
+    then: Step = _settle,
+) -> None:
+    """In a new loop, a publisher takes over what ``old`` left, then runs ``then`` (by
+    default: until every entry is settled) and closes."""
+
+    async def take_over() -> None:
+        rig = Rig(scripted, settings, buffer=buffer)
+        rig.publisher.take_over(old)
+        async with rig:  # starts the publisher: nothing is sent before then's first await
+            await then(rig)
+
+    asyncio.run(take_over())
+
 
 def test_take_over_sends_what_a_gone_loop_left_and_counts_what_its_client_held(
     scripted: Scripted,
@@ -1053,38 +1100,30 @@ def test_take_over_sends_what_a_gone_loop_left_and_counts_what_its_client_held(
     buffer = LogBuffer(100)
     loops: list[asyncio.AbstractEventLoop] = []
 
-    async def serve() -> Publisher:
+    async def fill(rig: Rig) -> None:
         loops.append(asyncio.get_running_loop())
-        rig = Rig(scripted, settings, buffer=buffer)
-        rig.start()
-        try:
-            for count in (1, 2, 3):
-                rig.put(2)  # one batch at a time
-                await rig.handed_over(count)
-            rig.put(1)  # waits for a batch or the (long) flush timer
-            await rig.encoded()
-        finally:
-            rig.stop_checking()
-        return rig.publisher  # not closed: the loop just ends
+        for count in (1, 2, 3):
+            rig.put(2)  # one batch at a time
+            await rig.handed_over(count)
+        rig.put(1)  # waits for a batch or the (long) flush timer
+        await rig.encoded()
 
-    old = asyncio.run(serve())
+    old = ended_loop_publisher(scripted, settings, buffer, fill)
     first = scripted.made[0]
     assert [h.ids for h in first.handovers] == [[0, 1], [2, 3], [4, 5]]
     assert buffer.stats()["pending"] == 7
     # Entries 4 and 5 failed their first attempt of two: their last one fails too.
     scripted.respond = lambda handover: RETRY if handover.ids == [4, 5] else DELIVER
 
-    async def take_over() -> dict[str, int]:
-        loops.append(asyncio.get_running_loop())
-        rig = Rig(scripted, settings, buffer=buffer)
-        rig.publisher.take_over(old)
-        after_take_over = buffer.stats()
-        async with rig:
-            # At once: neither the 60 s backoff nor the flush timer holds them up.
-            await rig.settled()
-        return after_take_over
+    after_take_over: dict[str, int] = {}
 
-    after_take_over = asyncio.run(take_over())
+    async def settle(rig: Rig) -> None:
+        loops.append(asyncio.get_running_loop())
+        after_take_over.update(buffer.stats())
+        # At once: neither the 60 s backoff nor the flush timer holds them up.
+        await rig.settled()
+
+    taken_over(scripted, settings, buffer, old, settle)
     assert not invariant_problems(after_take_over), after_take_over
     assert after_take_over["uncertain"] == 2  # what the old client held: 0 and 1
     assert len(scripted.made) == 2
@@ -1115,27 +1154,18 @@ def test_taken_over_entries_for_a_producer_that_never_connects_are_counted_at_cl
     )
     buffer = LogBuffer(100)
 
-    async def serve() -> Publisher:
-        rig = Rig(scripted, settings, buffer=buffer)
-        rig.start()
-        try:
-            for count in (1, 2):
-                rig.put(2)
-                await rig.handed_over(count)
-        finally:
-            rig.stop_checking()
-        return rig.publisher
+    async def fill(rig: Rig) -> None:
+        for count in (1, 2):
+            rig.put(2)
+            await rig.handed_over(count)
 
-    old = asyncio.run(serve())
+    old = ended_loop_publisher(scripted, settings, buffer, fill)
     scripted.ready = False  # the exit flush cannot reach Kafka
 
-    async def take_over_and_close() -> None:
-        rig = Rig(scripted, settings, buffer=buffer)
-        rig.publisher.take_over(old)
-        async with rig:
-            await rig.close(0.3)
+    async def close(rig: Rig) -> None:
+        await rig.close(0.3)
 
-    asyncio.run(take_over_and_close())
+    taken_over(scripted, settings, buffer, old, close)
     assert len(scripted.made) == 2 and scripted.made[1].handovers == []
     stats = buffer.stats()
     assert not invariant_problems(stats), stats
@@ -1153,26 +1183,14 @@ def test_a_taken_over_withdrawn_batch_keeps_its_config_s_retry_policy(
     scripted.respond = always(Keep.QUEUED)
     buffer = LogBuffer(100)
 
-    async def serve() -> Publisher:
-        rig = Rig(scripted, settings, buffer=buffer, resolver=lambda request: once)
-        rig.start()
-        try:
-            rig.put(1)
-            await rig.handed_over(1)
-        finally:
-            rig.stop_checking()
-        return rig.publisher
+    async def fill(rig: Rig) -> None:
+        rig.put(1)
+        await rig.handed_over(1)
 
-    old = asyncio.run(serve())
+    old = ended_loop_publisher(scripted, settings, buffer, fill, resolver=lambda request: once)
     scripted.respond = always(RETRY)
 
-    async def take_over() -> None:
-        rig = Rig(scripted, settings, buffer=buffer)
-        rig.publisher.take_over(old)
-        async with rig:
-            await rig.settled()
-
-    asyncio.run(take_over())
+    taken_over(scripted, settings, buffer, old)
     assert [h.topic for h in scripted.made[1].handovers] == ["audit"]  # one attempt, not 3
 
 
@@ -1191,28 +1209,16 @@ def test_a_withdrawn_batch_that_may_be_written_is_uncertain_after_take_over(
     )
     buffer = LogBuffer(100)
 
-    async def serve() -> Publisher:
-        rig = Rig(scripted, settings, buffer=buffer)
-        rig.start()
-        try:
-            rig.put(2)
-            await rig.handed_over(2)
-        finally:
-            rig.stop_checking()
-        return rig.publisher
+    async def fill(rig: Rig) -> None:
+        rig.put(2)
+        await rig.handed_over(2)
 
-    old = asyncio.run(serve())
+    old = ended_loop_publisher(scripted, settings, buffer, fill)
     assert buffer.stats()["retried"] == 2
     # The new loop: attempts 2 and 3 (the last) fail.
     scripted.respond = in_turn(next_failure, RETRY)
 
-    async def take_over() -> None:
-        rig = Rig(scripted, settings, buffer=buffer)
-        rig.publisher.take_over(old)
-        async with rig:
-            await rig.settled()
-
-    asyncio.run(take_over())
+    taken_over(scripted, settings, buffer, old)
     assert [h.ids for h in scripted.made[1].handovers] == [[0, 1], [0, 1]]
     stats = buffer.stats()
     assert not invariant_problems(stats), stats
@@ -1231,26 +1237,14 @@ def test_entries_taken_over_from_an_old_outbox_get_every_attempt(scripted: Scrip
     settings = config(producer_async_flush_timeout=60_000, producer_request_retries_max_attempts=2)
     buffer = LogBuffer(100)
 
-    async def serve() -> Publisher:
-        rig = Rig(scripted, settings, buffer=buffer)
-        rig.start()
-        try:
-            rig.put(1)  # waits for the (long) flush timer
-            await rig.encoded()
-        finally:
-            rig.stop_checking()
-        return rig.publisher
+    async def fill(rig: Rig) -> None:
+        rig.put(1)  # waits for the (long) flush timer
+        await rig.encoded()
 
-    old = asyncio.run(serve())
+    old = ended_loop_publisher(scripted, settings, buffer, fill)
     scripted.respond = always(RETRY)
 
-    async def take_over() -> None:
-        rig = Rig(scripted, settings, buffer=buffer)
-        rig.publisher.take_over(old)
-        async with rig:
-            await rig.settled()
-
-    asyncio.run(take_over())
+    taken_over(scripted, settings, buffer, old)
     first, second = scripted.made
     assert first.handovers == []
     assert [h.ids for h in second.handovers] == [[0], [0]]
