@@ -109,7 +109,7 @@ class KafkaLogMiddleware:
             raise
         finally:
             request.detach()
-            pipeline.submit(request)
+            pipeline.buffer.put(request)
 
     async def _serve_unlogged(self, scope: Scope, receive: Receive, send: Send) -> None:
         """With a bad configuration: fail the server's startup, or serve without logging."""

@@ -3,7 +3,7 @@
 It owns the config in force, the bounded buffer, one publisher per event loop (made
 afresh in a forked worker, and taking over from a loop that ended), the producers,
 ``stats()``, ``update_config()``, ``aclose()`` and the flush at interpreter exit. A
-door only captures a request's facts and hands them to ``submit``.
+door only captures a request's facts and puts them into ``buffer``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 
 from . import _log
 from .buffer import LogBuffer
-from .capture import CapturedRequest
 from .config import KafkaLogConfig, KafkaLogFields
 from .producers import Producer, cache_for_running_loop
 from .publisher import Publisher, Resolver
@@ -34,17 +33,15 @@ class Pipeline:
         self.publisher: Publisher | None = None
         """The publisher of the loop that serves (None until the first start)."""
         self._resolver = resolver
-        self._buffer = LogBuffer(config.producer_async_buffering_limits_messages_in_memory)
+        self.buffer = LogBuffer(config.producer_async_buffering_limits_messages_in_memory)
+        """Where a door puts each finished request (``put`` never blocks; replaced in a
+        forked worker, so look it up per request)."""
         self._pid = os.getpid()
         self._exit_pid = 0
         """The process whose exit flushes this pipeline (see ``_exit``)."""
 
     def __repr__(self) -> str:
         return f"Pipeline({self.config!r})"
-
-    def submit(self, request: CapturedRequest) -> None:
-        """Hand a finished request's facts over (never blocks; a full buffer counts it)."""
-        self._buffer.put(request)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -56,7 +53,7 @@ class Pipeline:
         if self._pid != os.getpid():
             # A forked worker starts afresh: its parent's entries are the parent's to send.
             self._pid = os.getpid()
-            self._buffer = LogBuffer(self.config.producer_async_buffering_limits_messages_in_memory)
+            self.buffer = LogBuffer(self.config.producer_async_buffering_limits_messages_in_memory)
             old = self.publisher = None
         if old is not None and old.loop.is_running():
             _log.warn(
@@ -69,7 +66,7 @@ class Pipeline:
             self._exit_pid = os.getpid()
             _flush_at_exit(self)
         self.publisher = Publisher(
-            self._buffer, lambda: self.config, cache_for_running_loop(), self._resolver
+            self.buffer, lambda: self.config, cache_for_running_loop(), self._resolver
         )
         if old is not None:  # its loop has ended: what it had not sent goes from this one
             self.publisher.take_over(old)
@@ -89,7 +86,7 @@ class Pipeline:
         ``uncertain``, what cannot be delivered within ``shutdown_timeout`` ``shutdown``.
         """
         publisher, self.publisher = self.publisher, None
-        if publisher is None or self._pid != os.getpid() or not self._buffer.pending:
+        if publisher is None or self._pid != os.getpid() or not self.buffer.pending:
             return
         timeout = self.config.shutdown_timeout / 1000
         loop = publisher.loop
@@ -116,14 +113,14 @@ class Pipeline:
     def update_config(self, config: KafkaLogConfig) -> None:
         """Switch to ``config`` for new requests (see the doors' ``update_config``)."""
         self.config = config
-        self._buffer.limit = config.producer_async_buffering_limits_messages_in_memory
+        self.buffer.limit = config.producer_async_buffering_limits_messages_in_memory
         publisher = self.publisher
         if publisher is not None and not publisher.loop.is_closed():
-            publisher.loop.call_soon_threadsafe(self._buffer.wake)
+            publisher.loop.call_soon_threadsafe(self.buffer.wake)
 
     def stats(self) -> dict[str, int]:
         """See ``LogBuffer.stats``."""
-        return self._buffer.stats()
+        return self.buffer.stats()
 
     def producers(self) -> list[Producer]:
         """The Kafka producers this pipeline currently holds."""

@@ -44,7 +44,7 @@ def offline_config(**changes: Any) -> KafkaLogConfig:
 
 def buffered(middleware: KafkaLogMiddleware) -> list[CapturedRequest]:
     assert middleware._pipeline is not None
-    return list(middleware._pipeline._buffer._items)
+    return list(middleware._pipeline.buffer._items)
 
 
 async def hello(request: Request) -> JSONResponse:

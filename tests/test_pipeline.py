@@ -60,7 +60,7 @@ async def test_one_publisher_per_loop_and_entries_reach_the_producer(scripted: S
     pipeline.start()  # same loop: nothing new
     assert pipeline.publisher is first is not None
     for number in range(3):
-        pipeline.submit(captured(number, pipeline.config))
+        pipeline.buffer.put(captured(number, pipeline.config))
     await eventually(lambda: pipeline.stats()["delivered"] == 3)
     assert pipeline.producers() == scripted.made
     await pipeline.aclose()
@@ -73,7 +73,7 @@ def test_a_loop_that_ended_is_taken_over_by_the_next(scripted: Scripted) -> None
 
     async def serve() -> None:
         pipeline.start()
-        pipeline.submit(captured(0, pipeline.config))
+        pipeline.buffer.put(captured(0, pipeline.config))
 
     asyncio.run(serve())
     assert pipeline.stats()["pending"] == 1
@@ -92,7 +92,7 @@ async def test_a_forked_worker_starts_with_its_own_buffer(
     scripted: Scripted, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pipeline = Pipeline(config())
-    pipeline.submit(captured(0, pipeline.config))  # the parent's: never started here
+    pipeline.buffer.put(captured(0, pipeline.config))  # the parent's: never started here
     monkeypatch.setattr(os, "getpid", lambda: -1)
     pipeline.start()
     assert pipeline.stats()["enqueued"] == 0
@@ -107,8 +107,8 @@ async def test_a_config_change_applies_to_new_requests_and_the_bound(scripted: S
     changed = config(topic="other", producer_async_buffering_limits_messages_in_memory=1)
     pipeline.update_config(changed)
     assert pipeline.config is changed
-    pipeline.submit(captured(0, pipeline.config))
-    pipeline.submit(captured(1, pipeline.config))
+    pipeline.buffer.put(captured(0, pipeline.config))
+    pipeline.buffer.put(captured(1, pipeline.config))
     assert pipeline.stats()["dropped_buffer_full"] == 1
     await pipeline.aclose()
 
@@ -120,7 +120,7 @@ def test_the_exit_flush_sends_what_an_ended_loop_left(scripted: Scripted) -> Non
     async def serve() -> None:
         pipeline.start()
         for number in range(2):
-            pipeline.submit(captured(number, pipeline.config))
+            pipeline.buffer.put(captured(number, pipeline.config))
 
     asyncio.run(serve())
     scripted.ready = True
