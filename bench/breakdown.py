@@ -47,6 +47,7 @@ from bench.common import (
     write_json,
 )
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, producers, serializer
+from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.producers import Message, OnDone, Producer
 from kafka_log_middleware.types import ASGIApp
@@ -162,9 +163,9 @@ def serializer_alone(count: int, native: bool) -> float:
     app = build("bare")
 
     async def capture() -> list[CapturedRequest]:
-        out = []
+        out: list[CapturedRequest] = []
         for _ in range(count):
-            request = CapturedRequest(http_scope(), config, receive_request, discard)
+            request = ASGIRequest(http_scope(), config, receive_request, discard)
             await app(request.scope, request.receive, request.send)
             request.detach()
             out.append(request)

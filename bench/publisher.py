@@ -44,7 +44,8 @@ from bench.common import (
     servers,
     write_json,
 )
-from kafka_log_middleware import CapturedRequest, KafkaLogConfig, KafkaLogMiddleware
+from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
+from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.config import Backend
 from kafka_log_middleware.serializer import encode_entry
 
@@ -116,7 +117,7 @@ async def middleware_throughput(bootstrap: str, backend: Backend, entries: int) 
 def sample_entry(bootstrap: str) -> bytes:
     """The encoded Kong entry of one benchmark request (the bytes the raw loops send)."""
     config = KafkaLogConfig(bootstrap_servers=servers(bootstrap), topic="bench")
-    request = CapturedRequest(http_scope(), config, receive_request, discard)
+    request = ASGIRequest(http_scope(), config, receive_request, discard)
 
     async def respond() -> None:
         await hello_app({}, request.receive, request.send)

@@ -7,8 +7,9 @@ facts, on the request path) → ``buffer`` → ``publisher`` (background) → ``
 
 from .asgi import KafkaLogMiddleware, find_middleware
 from .capture import CapturedRequest
-from .config import InvalidConfig, InvalidConfigType, KafkaLogConfig, starlette_route
+from .config import InvalidConfig, InvalidConfigType, KafkaLogConfig
 from .custom_fields import set_serialize_value
+from .routes import MatchedRoute, matched_route, starlette_route
 
 __all__ = [
     "CapturedRequest",
@@ -16,7 +17,9 @@ __all__ = [
     "InvalidConfigType",
     "KafkaLogConfig",
     "KafkaLogMiddleware",
+    "MatchedRoute",
     "find_middleware",
+    "matched_route",
     "set_serialize_value",
     "starlette_route",
 ]

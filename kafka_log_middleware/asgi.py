@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable
 from typing import Any, Unpack
 
 from . import _log
@@ -31,6 +33,10 @@ from .publisher import Resolver
 from .types import ASGIApp, Message, Receive, Scope, Send
 
 _running_loop = asyncio.get_running_loop
+_perf = time.perf_counter
+_SILENT_SENDS = frozenset({None, "2.0", "2.1", "2.2", "2.3"})
+"""ASGI spec versions whose servers discard a send after a disconnect, silently; from
+2.4 on, such a send raises ``OSError``, and the middleware watches for it."""
 _LIFESPAN_ENDS = frozenset(
     {"lifespan.startup.failed", "lifespan.shutdown.complete", "lifespan.shutdown.failed"}
 )
@@ -98,7 +104,7 @@ class KafkaLogMiddleware:
         publisher = pipeline.publisher
         if publisher is None or publisher.loop is not _running_loop():
             pipeline.start()
-        request = CapturedRequest(scope, pipeline.config, receive, send)
+        request = ASGIRequest(scope, pipeline.config, receive, send)
         try:
             await self.app(scope, request.receive, request.send)
         except asyncio.CancelledError:
@@ -205,6 +211,86 @@ class KafkaLogMiddleware:
     def producers(self) -> list[Producer]:
         """The Kafka producers this middleware currently holds."""
         return [] if self._pipeline is None else self._pipeline.producers()
+
+
+class ASGIRequest(CapturedRequest):
+    """A request's facts, recorded by wrapping the ASGI ``receive`` and ``send``.
+
+    What the client got, as far as a middleware can know it: only the first
+    ``http.response.start`` counts (the server refuses another), nothing the app sends
+    after the client has gone (an ``http.disconnect`` from ``receive``, or an ``OSError``
+    from a spec-2.4 server's ``send``) nor after the last body message.
+    """
+
+    __slots__ = ("_receive", "_send", "_watch_sends")
+
+    def __init__(self, scope: Scope, config: KafkaLogConfig, receive: Receive, send: Send) -> None:
+        super().__init__(scope, config)
+        self._receive = receive
+        self._send = send
+        asgi = scope.get("asgi")
+        self._watch_sends = (asgi.get("spec_version") if asgi else None) not in _SILENT_SENDS
+
+    async def receive(self) -> Message:
+        """Pass ``receive`` through, counting request body bytes and disconnects."""
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.body_read += len(message.get("body", b""))
+        elif message["type"] == "http.disconnect" and not self.t_end:
+            self._gone()
+        return message
+
+    def _gone(self) -> None:
+        # nginx ends the request when it learns the client left.
+        self.client_gone = True
+        self.t_end = _perf()
+
+    def send(self, message: Message) -> Awaitable[None]:
+        """Pass ``send`` through, recording status, headers, body size and timings.
+
+        A plain function returning the server's awaitable, not a coroutine: the app
+        awaits the server's ``send`` directly, without an extra frame per message
+        (except on spec-2.4 servers, whose ``send`` may raise when the client has gone).
+        """
+        if self.t_end:  # the client has gone, or the response is complete
+            return self._send(message)
+        kind = message["type"]
+        if kind == "http.response.body":
+            self.body_sent += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.t_end = _perf()
+        elif kind == "http.response.start":
+            if self.status:  # the server refuses a second one
+                return self._send(message)
+            self.t_response = _perf()
+            self.status = message["status"]
+            self.response_headers = message.get("headers", ())
+        elif kind == "http.response.pathsend":
+            self.file_path = message["path"]
+            self.t_end = _perf()
+        if self._watch_sends:
+            return self._watched_send(message)
+        return self._send(message)
+
+    async def _watched_send(self, message: Message) -> None:
+        """Send; an ``OSError`` means the client has gone and this message never left."""
+        try:
+            await self._send(message)
+        except OSError:
+            kind = message["type"]
+            if kind == "http.response.body":
+                self.body_sent -= len(message.get("body", b""))
+            elif kind == "http.response.start":
+                self.status, self.t_response, self.response_headers = 0, 0.0, ()
+            elif kind == "http.response.pathsend":
+                self.file_path = None
+            self._gone()
+            raise
+
+    def detach(self) -> None:
+        """Drop the references to the server's callables once the request is over."""
+        self.finish()
+        del self._receive, self._send
 
 
 def _inside_a_server() -> bool:

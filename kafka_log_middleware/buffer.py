@@ -7,11 +7,18 @@ at every moment ``enqueued == delivered + dropped + uncertain + pending``. The b
 applies to pending entries (buffered, being encoded, or handed to Kafka and not yet
 acknowledged): memory stays bounded while Kafka is down, and the overflow is counted,
 never silent.
+
+Threads: the publisher (its event loop's thread) takes entries and settles them; a door
+puts them, from that loop (``put``, ASGI) or from any other thread (``put_threadsafe``,
+WSGI workers). Each counter has one writer side: ``enqueued`` and ``full`` the putting
+side (under a small lock when several threads put), the rest the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -40,12 +47,14 @@ class LogBuffer:
     __slots__ = (
         "_full_warn_at",
         "_items",
+        "_lock",
         "_waiter",
         "_wake_at",
+        "_wake_sent",
         "delivered",
-        "dropped",
         "drops",
         "enqueued",
+        "full",
         "limit",
         "retried",
         "settled",
@@ -57,12 +66,17 @@ class LogBuffer:
         self._items: deque[CapturedRequest] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._wake_at = 1
+        self._wake_sent = False
+        """A thread has already asked the loop to wake the current waiter."""
+        self._lock = threading.Lock()
+        """Guards ``put_threadsafe``'s count and append; never held across I/O."""
         self._full_warn_at = 0.0
         self.enqueued = 0
+        self.full = 0
+        """Entries refused at ``put`` because the bound was reached (``buffer_full``)."""
         self.settled = 0
-        """Entries delivered, dropped or uncertain: no longer pending."""
+        """Entries delivered, dropped after ``put`` or uncertain: no longer pending."""
         self.delivered = 0
-        self.dropped = 0
         self.uncertain = 0
         self.retried = 0
         """Entries sent again after an attempt that may have reached Kafka (so they may be
@@ -75,30 +89,58 @@ class LogBuffer:
     @property
     def pending(self) -> int:
         """Entries neither delivered, dropped nor uncertain yet."""
-        return self.enqueued - self.settled
+        return self.enqueued - self.full - self.settled
 
     def put(self, item: CapturedRequest) -> None:
-        """Append one entry (the request path's only call); drops it when the bound is reached."""
+        """Append one entry from the publisher's own loop (the ASGI request path's only
+        call); drops it when the bound is reached."""
         self.enqueued += 1
-        if self.enqueued - self.settled > self.limit:
-            # Kafka is down or slow and every request lands here: count, warn seldom.
-            self.settled += 1
-            self.dropped += 1
-            self.drops["buffer_full"] += 1
-            now = _monotonic()
-            if now >= self._full_warn_at:
-                self._full_warn_at = now + _log.INTERVAL
-                _log.logger.warning(
-                    "kafka_log_middleware: buffer full (%d entries pending), dropping log "
-                    "entries (%d so far)",
-                    self.limit,
-                    self.drops["buffer_full"],
-                )
+        if self.enqueued - self.full - self.settled > self.limit:
+            self._refuse()
             return
         items = self._items
         items.append(item)
         if len(items) >= self._wake_at and self._waiter is not None:
             self._wake()
+
+    def put_threadsafe(self, item: CapturedRequest) -> None:
+        """Append one entry from any thread (a WSGI worker's); drops it when the bound is
+        reached. Wakes the loop (``call_soon_threadsafe``) only when its publisher waits
+        for this entry, once per wait."""
+        with self._lock:
+            self.enqueued += 1
+            if self.enqueued - self.full - self.settled > self.limit:
+                self.full += 1
+                waiter = None
+            else:
+                items = self._items
+                items.append(item)
+                waiter = self._waiter
+                if waiter is None or self._wake_sent or len(items) < self._wake_at:
+                    return
+                self._wake_sent = True
+        if waiter is None:
+            self._warn_full()  # outside the lock: logging does I/O
+        elif not waiter.done():
+            # A closed loop raises RuntimeError: whoever takes over looks at the buffer.
+            with contextlib.suppress(RuntimeError):
+                waiter.get_loop().call_soon_threadsafe(self._wake)
+
+    def _refuse(self) -> None:
+        self.full += 1
+        self._warn_full()
+
+    def _warn_full(self) -> None:
+        # Kafka is down or slow and every request lands here: count, warn seldom.
+        now = _monotonic()
+        if now >= self._full_warn_at:
+            self._full_warn_at = now + _log.INTERVAL
+            _log.logger.warning(
+                "kafka_log_middleware: buffer full (%d entries pending), dropping log "
+                "entries (%d so far)",
+                self.limit,
+                self.full,
+            )
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -110,8 +152,13 @@ class LogBuffer:
         if len(self._items) >= count:
             return
         loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
+        waiter = loop.create_future()
         self._wake_at = count
+        self._wake_sent = False
+        self._waiter = waiter
+        if len(self._items) >= count:  # put from another thread meanwhile
+            self._waiter = None
+            return
         # A timer settles the waiter: no asyncio.wait_for, which on Python 3.11 swallows
         # a cancellation that arrives as the waiter completes (and would hang shutdown).
         timer = None if timeout is None else loop.call_later(timeout, _settle, waiter)
@@ -137,9 +184,9 @@ class LogBuffer:
 
     def drain_all(self) -> list[CapturedRequest]:
         """Remove and return every buffered entry."""
-        items = list(self._items)
-        self._items.clear()
-        return items
+        items = self._items
+        # popleft, not clear(): another thread may append meanwhile.
+        return [items.popleft() for _ in range(len(items))]
 
     def deliver(self, count: int) -> None:
         """Count ``count`` entries as acknowledged by Kafka."""
@@ -149,7 +196,6 @@ class LogBuffer:
     def drop(self, reason: str, count: int) -> None:
         """Count ``count`` entries as dropped for ``reason`` (one of ``DROP_REASONS``)."""
         self.settled += count
-        self.dropped += count
         self.drops[reason] += count
         _log.warn(
             "drop:" + reason, "kafka_log_middleware: dropped %d log entries (%s)", count, reason
@@ -172,15 +218,23 @@ class LogBuffer:
 
     def stats(self) -> dict[str, int]:
         """Counters as a dict; ``enqueued == delivered + dropped + uncertain + pending``."""
+        # Read from any thread while others count: settled counters first, then ``full``,
+        # then ``enqueued`` (each entry is enqueued before it settles), and derive the
+        # totals from the values read, so that the invariant holds in every snapshot.
+        delivered, uncertain = self.delivered, self.uncertain
+        drops = dict(self.drops)
+        drops["buffer_full"] = self.full
+        enqueued = self.enqueued
+        dropped = sum(drops.values())
         stats = {
-            "enqueued": self.enqueued,
-            "delivered": self.delivered,
-            "dropped": self.dropped,
-            "uncertain": self.uncertain,
-            "pending": self.pending,
+            "enqueued": enqueued,
+            "delivered": delivered,
+            "dropped": dropped,
+            "uncertain": uncertain,
+            "pending": enqueued - delivered - dropped - uncertain,
             "buffered": len(self._items),
             "retried": self.retried,
         }
-        for reason, count in self.drops.items():
+        for reason, count in drops.items():
             stats["dropped_" + reason] = count
         return stats

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 import orjson
 
 from . import _log
+from .routes import matched_route
 
 if TYPE_CHECKING:
     from .capture import CapturedRequest
@@ -60,28 +61,6 @@ class InvalidConfig(ValueError):
 
 class InvalidConfigType(InvalidConfig, TypeError):
     """A value of the wrong type: a ``TypeError``, and a ``ValueError`` like every refusal."""
-
-
-def starlette_route(request: CapturedRequest) -> dict[str, Any] | None:
-    """Default ``route`` hook: the Starlette/FastAPI route that matched, as a Kong route.
-
-    Starlette's router stores the matched route in ``scope["route"]``; Kong's route
-    entity gives ``name``, ``paths`` and ``methods``. Absent when nothing matched.
-    """
-    route = request.scope.get("route")
-    if route is None:
-        return None
-    entity: dict[str, Any] = {}
-    name = getattr(route, "name", None)
-    if name:
-        entity["name"] = name
-    path = getattr(route, "path", None)
-    if path is not None:
-        entity["paths"] = [path]
-    methods = getattr(route, "methods", None)
-    if methods:
-        entity["methods"] = sorted(methods)
-    return entity or None
 
 
 def _freeze(value: Any) -> Any:
@@ -164,8 +143,9 @@ class KafkaLogConfig:
     """Request headers whose values are replaced by ``"REDACTED"``; ``()`` logs them raw."""
     service: Mapping[str, Any] | None = None
     """Kong's ``service`` entity for this app (for example ``{"name": "orders"}``)."""
-    route: Hook | None = starlette_route
-    """Returns the ``route`` object; default: the Starlette/FastAPI matched route."""
+    route: Hook | None = matched_route
+    """Returns the ``route`` object; default: the route the framework matched (see
+    ``routes.py``)."""
     consumer: Hook | None = None
     """Returns the ``consumer`` object, or None to leave it absent."""
     authenticated_entity: Hook | None = None

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import _log, nginx_vars
-from .config import starlette_route
 from .custom_fields import EDITS_KEY, apply_edit, apply_edits, request_edits
+from .routes import matched_route
 
 if TYPE_CHECKING:
     from .capture import CapturedRequest
@@ -55,7 +55,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installation
     _native_module = None  # type: ignore[assignment, unused-ignore]
 # A module built from another version of this package (another protocol) is ignored.
-_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 2 else None
+_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 3 else None
 
 _plans: dict[int, tuple[KafkaLogConfig, Any]] = {}
 """id(config) → (config, its native Plan or None); holding the config keeps the id unique."""
@@ -105,7 +105,7 @@ def _new_plan(config: KafkaLogConfig) -> Any:
                 workspace_name=config.workspace_name,
                 service=config.service,
                 route=config.route,
-                route_is_starlette=config.route is starlette_route,
+                route_is_default=config.route is matched_route,
                 consumer=config.consumer,
                 authenticated_entity=config.authenticated_entity,
             )

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from kafka_log_middleware import producers
+from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.buffer import LogBuffer
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig
@@ -300,9 +301,7 @@ async def _send(message: AsgiMessage) -> None:
 
 def captured(number: int, config: KafkaLogConfig) -> CapturedRequest:
     """A finished GET request numbered ``number`` (its ``n`` query argument)."""
-    request = CapturedRequest(
-        http_scope("/", query=f"n={number}".encode()), config, _receive, _send
-    )
+    request = ASGIRequest(http_scope("/", query=f"n={number}".encode()), config, _receive, _send)
     request.status = 200
     request.detach()
     return request

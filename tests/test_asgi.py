@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route
 
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, _log, publisher
+from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.serializer import build_entry
 from kafka_log_middleware.types import Message, Receive, Scope, Send
@@ -386,7 +387,7 @@ async def test_send_hands_the_app_the_servers_own_awaitable() -> None:
         return {"type": "http.disconnect"}
 
     scope = http_scope("/", asgi=SPEC_2_3)
-    captured = CapturedRequest(scope, offline_config(), receive, server_send)
+    captured = ASGIRequest(scope, offline_config(), receive, server_send)
     awaitable = captured.send({"type": "http.response.start", "status": 204, "headers": []})
     assert awaitable.cr_code is server_send.__code__  # type: ignore[attr-defined]
     await awaitable
@@ -539,7 +540,7 @@ def test_add_middleware_with_a_bad_config_without_lifespan_serves_the_app(
 
 def test_the_repr_of_a_capture_shows_no_credentials() -> None:
     scope = http_scope("http://user:secret@example.com/x", headers=[(b"authorization", b"t0k")])
-    captured = CapturedRequest(scope, offline_config(), request_never, send_never)
+    captured = ASGIRequest(scope, offline_config(), request_never, send_never)
     shown = repr(captured)
     assert "/x" in shown and "secret" not in shown and "t0k" not in shown
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import threading
+from typing import Any
 
 import pytest
 
@@ -97,7 +100,7 @@ def test_a_full_buffer_warns_once_per_interval(caplog: pytest.LogCaptureFixture)
             buffer.put(entry)
     warnings = [r for r in caplog.records if "buffer full" in r.getMessage()]
     assert len(warnings) == 1, caplog.records
-    assert buffer.drops["buffer_full"] == 3
+    assert buffer.full == 3
 
 
 # -- counters ---------------------------------------------------------------------------
@@ -280,3 +283,132 @@ async def test_wake_ends_a_wait_early() -> None:
         assert len(buffer) == 0
     finally:
         waiter.cancel()
+
+
+# -- put_threadsafe(): WSGI worker threads ----------------------------------------------
+
+
+def put_from_threads(buffer: LogBuffer, threads: int, each: int) -> None:
+    """``threads`` threads, each putting ``each`` entries at once (started together)."""
+    start = threading.Barrier(threads)
+
+    def work() -> None:
+        start.wait()
+        for entry in entries(each):
+            buffer.put_threadsafe(entry)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def test_threads_putting_at_once_lose_no_count() -> None:
+    """Eight threads racing: every entry enqueued, the bound exact, the rest buffer_full."""
+    buffer = LogBuffer(5_000)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show
+    try:
+        put_from_threads(buffer, threads=8, each=1_000)
+    finally:
+        sys.setswitchinterval(switch)
+    assert counts(buffer, "enqueued", "pending", "buffered", "dropped_buffer_full") == {
+        "enqueued": 8_000,
+        "pending": 5_000,
+        "buffered": 5_000,
+        "dropped_buffer_full": 3_000,
+    }
+
+
+class CountedWakes:
+    """Counts the wakes a buffer asks of the running loop from other threads."""
+
+    def __init__(self, buffer: LogBuffer) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.real = self.loop.call_soon_threadsafe
+        self.buffer = buffer
+        self.count = 0
+
+    def __enter__(self) -> CountedWakes:
+        def counting(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+            if callback == self.buffer._wake:
+                self.count += 1
+            return self.real(callback, *args, **kwargs)
+
+        self.loop.call_soon_threadsafe = counting  # type: ignore[method-assign, assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe = self.real  # type: ignore[method-assign]
+
+
+async def test_a_put_from_another_thread_wakes_the_waiting_loop_once() -> None:
+    """The loop is woken through call_soon_threadsafe when its count is reached, once."""
+    buffer = LogBuffer(100)
+    with CountedWakes(buffer) as wakes:
+        waiter = asyncio.create_task(buffer.wait(2, None))
+        try:
+            await settle()
+            await asyncio.to_thread(put_from_threads, buffer, 1, 1)
+            await settle()
+            assert not waiter.done() and wakes.count == 0  # below the count: no wake
+            await asyncio.to_thread(put_from_threads, buffer, 1, 3)
+            await asyncio.wait_for(waiter, WAIT)
+            assert wakes.count == 1  # the 2nd entry woke it; the 3rd and 4th asked nothing
+        finally:
+            waiter.cancel()
+
+
+async def test_no_wake_is_asked_while_the_publisher_is_not_waiting() -> None:
+    """Entries put while the publisher works cost no cross-thread wake at all."""
+    buffer = LogBuffer(100)
+    with CountedWakes(buffer) as wakes:
+        await asyncio.to_thread(put_from_threads, buffer, 4, 25)
+    assert wakes.count == 0 and len(buffer) == 100
+    await asyncio.wait_for(buffer.wait(100, None), WAIT)  # already there: no wait
+
+
+async def test_stats_read_from_another_thread_always_add_up() -> None:
+    """Snapshots taken while threads put and the loop settles keep the invariant."""
+    buffer = LogBuffer(1_000)
+    done = threading.Event()
+    problems: list[dict[str, int]] = []
+
+    def watch() -> None:
+        while not done.is_set():
+            stats = buffer.stats()
+            if invariant_problems(stats):
+                problems.append(stats)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    producer = asyncio.create_task(asyncio.to_thread(put_from_threads, buffer, 4, 2_000))
+    try:
+        while not producer.done() or len(buffer):
+            taken = buffer.take(50)
+            half = len(taken) // 2
+            buffer.deliver(half)
+            buffer.drop("kafka_error", len(taken) - half)
+            await asyncio.sleep(0)
+    finally:
+        await producer
+        done.set()
+        watcher.join()
+    assert problems == []
+    stats = counts(buffer, "enqueued", "pending", "buffered")
+    assert stats == {"enqueued": 8_000, "pending": 0, "buffered": 0}
+
+
+def test_drain_all_keeps_what_another_thread_appends_meanwhile() -> None:
+    """drain_all takes what was there; an entry appended during it stays buffered."""
+    buffer = LogBuffer(100_000)
+    first = entries(50_000)
+    for entry in first:
+        buffer.put(entry)
+    late = threading.Thread(target=put_from_threads, args=(buffer, 1, 100))
+    late.start()
+    drained = buffer.drain_all()
+    late.join()
+    assert len(drained) + len(buffer) == 50_100
+    assert drained[: len(first)] == first

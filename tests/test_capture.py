@@ -1,4 +1,4 @@
-"""capture.py's rules, on a ``CapturedRequest`` driven message by message.
+"""The ASGI door's capture rules, on an ``ASGIRequest`` driven message by message.
 
 What the client got, as far as a middleware can know it: only the first response start
 counts; nothing sent after the client has gone or after the last body is counted; a
@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from kafka_log_middleware import asgi as asgi_door
 from kafka_log_middleware import capture
-from kafka_log_middleware.capture import CapturedRequest
+from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.config import KafkaLogConfig, LogFormat
 from kafka_log_middleware.serializer import build_entry
 from kafka_log_middleware.types import Message
@@ -42,6 +43,7 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
     monkeypatch.setattr(capture, "_perf", fake)
+    monkeypatch.setattr(asgi_door, "_perf", fake)
     monkeypatch.setattr(capture, "_wall", lambda: 1700000000.5)
     return fake
 
@@ -68,9 +70,7 @@ class Server:
         self.sent.append(message)
 
 
-def captured(
-    server: Server, asgi: dict[str, str] | None = SPEC_2_3, **scope: Any
-) -> CapturedRequest:
+def captured(server: Server, asgi: dict[str, str] | None = SPEC_2_3, **scope: Any) -> ASGIRequest:
     full: dict[str, Any] = {
         "type": "http",
         "method": "GET",
@@ -82,7 +82,7 @@ def captured(
     if asgi is not None:
         full["asgi"] = asgi
     full.update(scope)
-    return CapturedRequest(full, CONFIG, server.receive, server.send)
+    return ASGIRequest(full, CONFIG, server.receive, server.send)
 
 
 def start(status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> Message:

@@ -30,9 +30,10 @@ from kafka_log_middleware import (
     CapturedRequest,
     KafkaLogConfig,
     KafkaLogMiddleware,
-    starlette_route,
+    matched_route,
 )
 from kafka_log_middleware import config as config_module
+from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.config import (
     INT32_MAX,
     InvalidConfig,
@@ -69,7 +70,7 @@ def test_defaults_are_the_kong_plugins() -> None:
     assert config.producer_async_buffering_limits_messages_in_memory == 50000
     assert config.log_format == "kong2"
     assert config.redact_headers == ("authorization", "proxy-authorization")
-    assert config.route is starlette_route
+    assert config.route is matched_route
     assert config.service is None and config.consumer is None and config.key is None
 
 
@@ -541,7 +542,7 @@ def test_service_is_kept_as_the_json_it_will_be_logged_as() -> None:
     async def send(message: Any) -> None:
         pass
 
-    entry = build_entry(CapturedRequest(scope, config, receive, send))
+    entry = build_entry(ASGIRequest(scope, config, receive, send))
     assert entry["service"] == {
         "name": "orders",
         "tags": ["a"],
@@ -748,12 +749,12 @@ def _capture(scope: dict[str, Any]) -> CapturedRequest:
     async def never(*message: Any) -> Any:
         raise AssertionError("not called")
 
-    return CapturedRequest(scope, make(), never, never)
+    return ASGIRequest(scope, make(), never, never)
 
 
 def test_the_starlette_route_takes_only_the_attributes_a_route_has() -> None:
     """A Mount or a custom route may lack ``name``, ``path`` or ``methods``."""
-    route = starlette_route
+    route = matched_route
     assert route(_capture({"route": SimpleNamespace(path="/x")})) == {"paths": ["/x"]}
     assert route(_capture({"route": SimpleNamespace(name="n")})) == {"name": "n"}
     assert route(_capture({"route": object()})) is None

@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, _log
+from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.serializer import build_entry
 from tests.asgi_driver import http_scope, lifespan, request
@@ -63,7 +64,7 @@ def test_a_failing_hook_warning_carries_no_request_data(caplog: pytest.LogCaptur
     async def send(message: object) -> None:
         pass
 
-    captured = CapturedRequest(scope, config, receive, send)
+    captured = ASGIRequest(scope, config, receive, send)
     caplog.set_level("WARNING", logger="kafka_log_middleware")
     entry = build_entry(captured)
     assert "consumer" not in entry

@@ -37,9 +37,11 @@ import pytest
 from starlette.routing import Mount, Route
 
 from kafka_log_middleware import serializer
+from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.capture import CapturedRequest
-from kafka_log_middleware.config import KafkaLogConfig, LogFormat, starlette_route
+from kafka_log_middleware.config import KafkaLogConfig, LogFormat
 from kafka_log_middleware.custom_fields import set_serialize_value
+from kafka_log_middleware.routes import matched_route
 from kafka_log_middleware.serializer import build_entry, encode_entry
 
 from .test_serializer import (
@@ -402,7 +404,7 @@ def _tls(rng: random.Random) -> Any:
 def _config_for(rng: random.Random) -> tuple[KafkaLogConfig, bool]:
     """A random config, and whether one of its values is one orjson must write."""
     route, route_finish = rng.choice(
-        [(starlette_route, False), (starlette_route, False), (None, False), _hook(rng, "route")]
+        [(matched_route, False), (matched_route, False), (None, False), _hook(rng, "route")]
     )
     consumer, consumer_finish = _hook(rng, "consumer")
     credential, credential_finish = _hook(rng, "credential")
@@ -496,7 +498,7 @@ def _plain_request(rng: random.Random, tmp: Path) -> Generated:
     answered = rng.random() < 0.85
     respond = start + rng.choice([0.0, 0.0005, 0.012, 0.029, rng.uniform(0, 5)])
     config, finish = _config_for(rng)
-    request = CapturedRequest(scope, config, _receive, _send)
+    request = ASGIRequest(scope, config, _receive, _send)
     request.started_at = rng.choice([1700000000.5, 1700000000.1239, rng.uniform(1.6e9, 1.8e9)])
     request.t_start = start
     request.t_response = respond if answered and status else 0.0
@@ -525,7 +527,7 @@ def _plain_request(rng: random.Random, tmp: Path) -> Generated:
 
 def _clone(request: CapturedRequest) -> CapturedRequest:
     """The same facts, in a scope of its own (its values shared)."""
-    clone = CapturedRequest(dict(request.scope), request.config, _receive, _send)
+    clone = ASGIRequest(dict(request.scope), request.config, _receive, _send)
     for name in (
         "started_at",
         "t_start",

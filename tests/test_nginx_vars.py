@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from kafka_log_middleware import nginx_vars
+from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig
 from kafka_log_middleware.types import Message
@@ -42,7 +43,7 @@ def _scope(**overrides: Any) -> dict[str, Any]:
 
 
 def _captured(scope: dict[str, Any], **attributes: Any) -> CapturedRequest:
-    request = CapturedRequest(scope, CONFIG, _receive, _send)
+    request = ASGIRequest(scope, CONFIG, _receive, _send)
     for name, value in attributes.items():
         setattr(request, name, value)
     return request

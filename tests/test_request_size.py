@@ -18,6 +18,7 @@ import orjson
 import pytest
 import uvicorn
 
+from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig
 from kafka_log_middleware.nginx_vars import bytes_sent, request_length
@@ -36,7 +37,7 @@ class Recorder:
         self.done = threading.Condition()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        capture = CapturedRequest(scope, CONFIG, receive, send)
+        capture = ASGIRequest(scope, CONFIG, receive, send)
         try:
             await self.app(scope, capture.receive, capture.send)
         except Exception:

@@ -22,6 +22,7 @@ import orjson
 import pytest
 
 from kafka_log_middleware import _log, serializer
+from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig, LogFormat
 from kafka_log_middleware.custom_fields import EDITS_KEY, set_serialize_value
@@ -107,7 +108,7 @@ def _request(
     **attributes: Any,
 ) -> CapturedRequest:
     """A request answered 200 after 12 ms, body sent 3 ms later, unless attributes say else."""
-    request = CapturedRequest(scope or _get_scope(), config or _config(), _receive, _send)
+    request = ASGIRequest(scope or _get_scope(), config or _config(), _receive, _send)
     request.started_at = 1700000000.5
     request.t_start = 1000.0
     request.t_response = 1000.012

@@ -163,9 +163,9 @@ pub fn write_tail<'py>(
     for (name, hook) in hooks {
         let Some(hook) = hook else { continue };
         if name == "route"
-            && plan.starlette_route
+            && plan.default_route
             && pending.is_empty()
-            && starlette_route(out, scope)
+            && matched_route(out, scope)
         {
             continue;
         }
@@ -727,10 +727,10 @@ fn write_kong3_fields(out: &mut Vec<u8>, plan: &Plan, status: i64) {
 
 // -- the default route hook --------------------------------------------------------------
 
-/// `config.starlette_route` natively: writes `,"route":{…}` (or nothing when the hook
+/// `routes.matched_route` natively: writes `,"route":{…}` (or nothing when the hook
 /// would return None) and returns true; false, with nothing written, when the route
 /// object has attributes of other types: the Python hook then runs.
-fn starlette_route(out: &mut Vec<u8>, scope: &Bound<'_, PyDict>) -> bool {
+fn matched_route(out: &mut Vec<u8>, scope: &Bound<'_, PyDict>) -> bool {
     let mark = out.len();
     let done = write_route(out, scope);
     if done.is_err() {

@@ -18,7 +18,7 @@ mod nginx;
 mod value;
 
 /// Version of the calling convention between this module and `serializer.py`.
-const PROTOCOL: u32 = 2;
+const PROTOCOL: u32 = 3;
 
 /// Constants of `kafka_log_middleware` the entry depends on, given once at import so
 /// that the Python modules stay their single source.
@@ -89,8 +89,8 @@ pub struct Plan {
     workspace_name: String,
     service: Option<Py<PyAny>>,
     route: Option<Py<PyAny>>,
-    /// `route` is `config.starlette_route`, which is then computed natively.
-    starlette_route: bool,
+    /// `route` is `routes.matched_route`, which is then computed natively.
+    default_route: bool,
     consumer: Option<Py<PyAny>>,
     authenticated_entity: Option<Py<PyAny>>,
 }
@@ -101,7 +101,7 @@ impl Plan {
     #[new]
     #[pyo3(signature = (
         tables, *, kong3, redact_headers, request_id_header, workspace, workspace_name,
-        service, route, route_is_starlette, consumer, authenticated_entity
+        service, route, route_is_default, consumer, authenticated_entity
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -113,7 +113,7 @@ impl Plan {
         workspace_name: Bound<'_, PyAny>,
         service: Option<Py<PyAny>>,
         route: Option<Py<PyAny>>,
-        route_is_starlette: bool,
+        route_is_default: bool,
         consumer: Option<Py<PyAny>>,
         authenticated_entity: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
@@ -145,7 +145,7 @@ impl Plan {
             workspace_name,
             service,
             route,
-            starlette_route: route_is_starlette,
+            default_route: route_is_default,
             consumer,
             authenticated_entity,
         })
