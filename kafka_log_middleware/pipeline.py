@@ -39,6 +39,8 @@ class Pipeline:
         self._pid = os.getpid()
         self._exit_pid = 0
         """The process whose exit flushes this pipeline (see ``_exit``)."""
+        self._parents: Publisher | None = None
+        """In a forked child: the parent's publisher (see ``start``)."""
 
     def __repr__(self) -> str:
         return f"Pipeline({self.config!r})"
@@ -54,6 +56,11 @@ class Pipeline:
             # A forked worker starts afresh: its parent's entries are the parent's to send.
             self._pid = os.getpid()
             self.buffer = LogBuffer(self.config.producer_async_buffering_limits_messages_in_memory)
+            if old is not None:
+                # Kept, never used: collected here, its tasks would be reported destroyed.
+                self._parents = old
+                for producer in old.producers():
+                    producer.abandon()  # no "unclosed producer" warning for the parent's
             old = self.publisher = None
         if old is not None and old.loop.is_running():
             _log.warn(

@@ -1,0 +1,78 @@
+"""A WSGI environ, snapshotted as the ASGI-shaped scope the serializer reads.
+
+The WSGI door never keeps the environ (servers such as uWSGI reuse it, and it holds
+the input stream): it copies the facts a Kong entry needs into a small dict with
+ASGI's keys, on the request path. What WSGI cannot tell is documented in the README:
+the server has already folded repeated request headers into one and changed the case
+and the ``-``/``_`` of every header name; the ``raw_path`` is the server's
+``RAW_URI``/``REQUEST_URI`` when it gives one, else the quoted path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .types import Scope
+
+_HEADER_NAMES: dict[str, bytes] = {
+    "CONTENT_TYPE": b"content-type",
+    "CONTENT_LENGTH": b"content-length",
+}
+"""Environ keys of request headers → their ASGI names (grows with the names seen)."""
+_MAX_HEADER_NAMES = 1024
+
+
+def scope_of(environ: dict[str, Any]) -> Scope:
+    """The ASGI HTTP scope of ``environ``'s request (a copy: nothing of ``environ`` kept)."""
+    headers = []
+    names = _HEADER_NAMES
+    for key, value in environ.items():
+        name = names.get(key)
+        if name is None:
+            if key[:5] != "HTTP_" or type(value) is not str:
+                continue
+            name = _header_name(key)
+        elif type(value) is not str or not value:  # CONTENT_* may be present but empty
+            continue
+        headers.append((name, value.encode("latin-1", "replace")))
+    protocol: str = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
+    scope: Scope = {
+        "type": "http",
+        "http_version": protocol[5:] if protocol[:5] == "HTTP/" else protocol,
+        "method": environ.get("REQUEST_METHOD", "GET"),
+        "scheme": environ.get("wsgi.url_scheme", "http"),
+        "path": _unwsgi(environ.get("PATH_INFO", "")) or "/",
+        "query_string": environ.get("QUERY_STRING", "").encode("latin-1", "replace"),
+        "root_path": _unwsgi(environ.get("SCRIPT_NAME", "")),
+        "headers": headers,
+        "client": _address(environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT")),
+        "server": _address(environ.get("SERVER_NAME"), environ.get("SERVER_PORT")),
+    }
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        scope["raw_path"] = raw.encode("latin-1", "replace").partition(b"?")[0]
+    return scope
+
+
+def _header_name(key: str) -> bytes:
+    """``HTTP_X_FORWARDED_FOR`` → ``b"x-forwarded-for"``, remembered for next time."""
+    name = key[5:].replace("_", "-").lower().encode("latin-1")
+    if len(_HEADER_NAMES) < _MAX_HEADER_NAMES:
+        _HEADER_NAMES[key] = name
+    return name
+
+
+def _unwsgi(value: str) -> str:
+    """A PEP 3333 "bytes as latin-1" string as the text ASGI gives (UTF-8)."""
+    if value.isascii():
+        return value
+    return value.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+def _address(host: Any, port: Any) -> tuple[str, int | None] | None:
+    if not host:
+        return None
+    try:
+        return (host, int(port)) if port else (host, None)
+    except ValueError:
+        return (host, None)

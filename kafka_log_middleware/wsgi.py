@@ -1,0 +1,427 @@
+"""``KafkaLogWSGIMiddleware``: WSGI (PEP 3333) middleware that logs every request to Kafka.
+
+A worker thread only records facts: it snapshots the environ (``environ.py``), wraps
+``start_response``, ``write()`` and the returned iterable, and when the server
+``close()``s that iterable it hands the finished request to the pipeline's buffer
+(``put_threadsafe``: a counter and an append under a small lock, never a lock held
+across I/O). The pipeline's publisher and producers run in one background thread per
+process (``loop_thread.py``), made on the first request of each process: nothing
+created before a fork (``gunicorn --preload``) is used after it. Pending entries are
+flushed at interpreter exit, within ``shutdown_timeout``, or by ``close()``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Unpack
+
+from . import _log
+from .buffer import LogBuffer
+from .capture import CapturedRequest
+from .config import KafkaLogConfig, KafkaLogFields
+from .custom_fields import EDITS_KEY
+from .environ import scope_of
+from .loop_thread import LoopThread
+from .pipeline import Pipeline, config_of, update_config_of
+from .producers import Producer
+from .publisher import Resolver
+
+_perf = time.perf_counter
+_getpid = os.getpid
+ROUTE_KEY = "kafka_log_middleware.route"
+"""Environ key where a framework integration records the matched route (a
+``MatchedRoute``); it becomes the entry's ``scope["route"]``."""
+_COPIED_KEYS = (EDITS_KEY, ROUTE_KEY)
+"""What the app may add to the environ while it serves, copied at the response's end."""
+
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+class KafkaLogWSGIMiddleware:
+    """Publish a Kong-format log entry to Kafka for every request the WSGI ``app`` serves.
+
+    Give either a ``KafkaLogConfig`` or its fields as keywords; a bad one raises here.
+    ``config_resolver`` may choose another config per request; it runs in the
+    background thread with the captured request.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        config: KafkaLogConfig | None = None,
+        *,
+        config_resolver: Resolver | None = None,
+        **fields: Unpack[KafkaLogFields],
+    ) -> None:
+        self.app = app
+        config = config_of(config, fields)
+        if config_resolver is not None and not callable(config_resolver):
+            raise TypeError("config_resolver must be callable")
+        self._pipeline = Pipeline(config, config_resolver)
+        self._runner: LoopThread | None = None
+        """This process's background loop (None until the first request, and after close)."""
+        self._parents: LoopThread | None = None
+        """In a forked child: the parent's background loop (see ``_start``)."""
+        self._starting = threading.Lock()
+        _close_at_exit(self)
+        problem = uwsgi_problem()
+        if problem is not None:
+            _log.logger.error("kafka_log_middleware: %s", problem)
+
+    def __repr__(self) -> str:
+        return f"KafkaLogWSGIMiddleware({self._pipeline.config!r})"
+
+    @property
+    def config(self) -> KafkaLogConfig:
+        """The configuration in force for new requests."""
+        return self._pipeline.config
+
+    # -- the request path -------------------------------------------------------
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        runner = self._runner
+        if runner is None or runner.pid != _getpid():
+            self._start()
+        pipeline = self._pipeline
+        request = WSGIRequest(environ, pipeline.config, start_response, pipeline.buffer)
+        try:
+            result = self.app(environ, request.start_response)
+        except BaseException:
+            request.failed()
+            request.end()
+            raise
+        return request.response(result)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Start this process's background loop and the pipeline's publisher in it."""
+        with self._starting:
+            runner = self._runner
+            if runner is not None and runner.alive:
+                return
+            if runner is not None and runner.pid != _getpid():
+                # Forked: the parent's thread is not here, and its loop, "running" in
+                # the parent, cannot be closed; kept unused rather than collected.
+                self._parents = runner
+            runner = LoopThread("kafka-log-publisher")
+            runner.call(self._pipeline.start)
+            self._runner = runner
+
+    def close(self) -> None:
+        """Flush pending entries and close producers, within ``shutdown_timeout``; stop
+        the background thread. A later request starts them again. Runs at exit too."""
+        with self._starting:
+            runner, self._runner = self._runner, None
+        if runner is None or not runner.alive:
+            return
+        timeout = self._pipeline.config.shutdown_timeout / 1000
+        try:
+            runner.run(self._pipeline.aclose(), timeout + 1)
+        except Exception as exc:  # TimeoutError included: what was left is counted
+            _log.warn("exit", "kafka_log_middleware: flush at close failed (%r)", exc)
+        finally:
+            runner.stop(1.0)
+
+    # -- runtime control ------------------------------------------------------
+
+    def update_config(
+        self, config: KafkaLogConfig | None = None, **changes: Unpack[KafkaLogFields]
+    ) -> None:
+        """Switch to a new config (or the current one with ``changes``) for new requests.
+
+        Requests already captured keep the config they started with. A producer that no
+        config in force uses any more is flushed and closed.
+        """
+        self._pipeline.update_config(update_config_of(self._pipeline.config, config, changes))
+
+    def stats(self) -> dict[str, int]:
+        """This process's counters (see ``KafkaLogMiddleware.stats``)."""
+        return self._pipeline.stats()
+
+    def producers(self) -> list[Producer]:
+        """The Kafka producers this middleware currently holds in this process."""
+        return self._pipeline.producers()
+
+
+class WSGIRequest(CapturedRequest):
+    """A request's facts, recorded by wrapping ``start_response``, ``write`` and the
+    response iterable; handed to the buffer once, when the response is closed."""
+
+    __slots__ = ("_buffer", "_environ", "_start_response", "_started_body", "_write")
+
+    def __init__(
+        self,
+        environ: Environ,
+        config: KafkaLogConfig,
+        start_response: StartResponse,
+        buffer: LogBuffer,
+    ) -> None:
+        super().__init__(scope_of(environ), config)
+        self._environ: Environ | None = environ
+        self._start_response = start_response
+        self._buffer: LogBuffer | None = buffer
+        self._write: Callable[[bytes], object] = _no_response
+        self._started_body = False
+        """A body byte (or an empty chunk) went to the server: its headers are sent."""
+        if "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" in environ:
+            # A chunked request body: nothing declares its size, so count what is read.
+            stream = environ.get("wsgi.input")
+            if stream is not None:
+                environ["wsgi.input"] = _CountedInput(stream, self)
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+    ) -> Callable[[bytes], object]:
+        """The server's ``start_response``; records what it accepted."""
+        if exc_info is None:
+            write = self._start_response(status, headers)
+        else:  # the server re-raises it if its headers have gone already
+            write = self._start_response(status, headers, exc_info)
+        self.t_response = _perf()
+        try:
+            self.status = int(status[:3])
+        except ValueError:
+            self.status = 0
+        self.response_headers = [
+            (name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+            for name, value in headers
+        ]
+        self._write = write
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The ``write()`` callable ``start_response`` returns (PEP 3333's legacy path)."""
+        self._write(data)
+        self._started_body = True
+        self.body_sent += len(data)
+
+    def response(self, result: Iterable[bytes]) -> Iterable[bytes]:
+        """What to give the server for the app's ``result``."""
+        file_wrapper = self._environ.get("wsgi.file_wrapper") if self._environ else None
+        if (
+            isinstance(file_wrapper, type)
+            and isinstance(result, file_wrapper)
+            and _watch_file(result, self)
+        ):
+            return result  # the server's own: it may sendfile() it
+        return _Response(result, self)
+
+    def failed(self) -> None:
+        """The app raised: before any body went out, the server answers 500 itself."""
+        self.raised = True
+        if not self._started_body:
+            self.status, self.t_response, self.response_headers = 0, 0.0, ()
+
+    def end(self) -> None:
+        """The response is over: complete the facts and hand them to the buffer, once."""
+        buffer = self._buffer
+        if buffer is None:
+            return
+        self._buffer = None
+        self.finish()
+        environ = self._environ
+        if environ is not None:
+            self._environ = None
+            scope = self.scope
+            for key in _COPIED_KEYS:
+                value = environ.get(key)
+                if value is not None:
+                    scope["route" if key is ROUTE_KEY else key] = value
+        self._start_response = self._write = _no_response  # let go of the server's
+        buffer.put_threadsafe(self)
+
+
+def _no_response(*args: Any) -> Any:
+    raise RuntimeError("write() before start_response() or after the response ended")
+
+
+class _Response:
+    """The app's iterable as the server sees it: counts the body, forwards ``close()``."""
+
+    __slots__ = ("_iterable", "_request")
+
+    def __init__(self, iterable: Iterable[bytes], request: WSGIRequest) -> None:
+        self._iterable = iterable
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        request = self._request
+        try:
+            for chunk in self._iterable:
+                request._started_body = True
+                request.body_sent += len(chunk)
+                yield chunk
+        except GeneratorExit:
+            raise
+        except BaseException:
+            request.failed()
+            raise
+        request.finish()  # exhausted: the last byte is out
+
+    def close(self) -> None:
+        request = self._request
+        try:
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                close()
+        except BaseException:
+            request.raised = True
+            raise
+        finally:
+            if not request.t_end and not request.raised:
+                request.client_gone = True  # closed before exhausted: the server gave up
+            request.end()
+
+    def __del__(self) -> None:
+        # A server that never calls close() (PEP 3333 says it must) still gets its entry.
+        request = self._request
+        if request._buffer is not None:
+            request.end()
+
+
+class _CountedInput:
+    """``wsgi.input`` counting the bytes the app reads (for a chunked request body)."""
+
+    __slots__ = ("_request", "_stream")
+
+    def __init__(self, stream: Any, request: CapturedRequest) -> None:
+        self._stream = stream
+        self._request = request
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._stream.read(size) if size is not None else self._stream.read()
+        self._request.body_read += len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data: bytes = self._stream.readline(size)
+        self._request.body_read += len(data)
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines: list[bytes] = self._stream.readlines(hint)
+        self._request.body_read += sum(len(line) for line in lines)
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._stream:
+            self._request.body_read += len(line)
+            yield line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _watch_file(wrapper: Any, request: WSGIRequest) -> bool:
+    """Watch the file of the server's ``wsgi.file_wrapper`` object, keeping the object
+    itself (so the server may ``sendfile()`` it): its ``close()`` closes the file, which
+    ends the request. False when the wrapper's file is not where PEP 3333's reference
+    (and gunicorn's, uWSGI's) keeps it."""
+    filelike = getattr(wrapper, "filelike", None)
+    if filelike is None:
+        return False
+    watched = _WatchedFile(filelike, request)
+    try:
+        wrapper.filelike = watched
+        if "close" in vars(wrapper):  # wsgiref's and gunicorn's bind the file's close
+            wrapper.close = watched.close
+    except (AttributeError, TypeError):
+        return False
+    return True
+
+
+class _WatchedFile:
+    """A ``wsgi.file_wrapper``'s file: its size is the body's, its ``close()`` the end."""
+
+    __slots__ = ("_file", "_read", "_request", "_size")
+
+    def __init__(self, file: Any, request: WSGIRequest) -> None:
+        self._file = file
+        self._request = request
+        self._size = _remaining(file)
+        """Bytes the server will send (a ``sendfile()`` reads nothing through us)."""
+        self._read = 0
+        request._started_body = True  # the server sends its headers with the file
+
+    def read(self, *size: int) -> bytes:
+        data: bytes = self._file.read(*size)
+        self._read += len(data)
+        return data
+
+    def close(self) -> None:
+        request = self._request
+        try:
+            close = getattr(self._file, "close", None)
+            if close is not None:
+                close()
+        finally:
+            sent = self._read if self._size is None else self._size
+            for name, value in request.response_headers:
+                if name.lower() == b"content-length" and value.isdigit():
+                    sent = min(sent, int(value))  # a server sends no more than it declared
+            request.body_sent = sent
+            request.end()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+def _remaining(file: Any) -> int | None:
+    """Bytes from ``file``'s position to its end; None when it has no descriptor."""
+    try:
+        fileno = file.fileno()
+        return max(os.fstat(fileno).st_size - os.lseek(fileno, 0, os.SEEK_CUR), 0)
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def uwsgi_problem() -> str | None:
+    """Under uWSGI without Python threads, what to enable; else None."""
+    try:
+        uwsgi = importlib.import_module("uwsgi")  # exists only inside uWSGI
+    except ImportError:
+        return None
+    options = getattr(uwsgi, "opt", {})
+    if _on(options.get("enable-threads")) or _on(options.get("threads")):
+        return None
+    return (
+        "uWSGI runs this app without Python threads, and the publisher of log entries "
+        "is a thread: entries will pile up and be dropped (buffer_full) instead of "
+        "reaching Kafka. Start uWSGI with --enable-threads (or --threads N); with "
+        "--master, also --lazy-apps, so that each worker loads the app (and its "
+        "middleware) itself."
+    )
+
+
+def _on(value: Any) -> bool:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(value)
+
+
+def _close_at_exit(middleware: KafkaLogWSGIMiddleware) -> None:
+    """Register ``middleware.close()`` at interpreter exit, without keeping it alive."""
+    ref = weakref.ref(middleware)
+
+    def close() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.close()
+
+    atexit.register(close)
