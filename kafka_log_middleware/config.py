@@ -202,6 +202,30 @@ class KafkaLogConfig:
         )
         return f"KafkaLogConfig({shown})"
 
+    @classmethod
+    def from_settings(cls, settings: Any, name: str = "KAFKA_LOG") -> KafkaLogConfig:
+        """The config a framework's settings give: a ``KafkaLogConfig`` as is, or a dict
+        of its fields (Kong's names). ``name`` (the setting) prefixes every error, and an
+        unknown field is named with the field it most likely misspells."""
+        if isinstance(settings, KafkaLogConfig):
+            return settings
+        if not isinstance(settings, Mapping):
+            raise InvalidConfigType(
+                name,
+                f"{name} must be a dict of KafkaLogConfig fields or a KafkaLogConfig, "
+                f"not {type(settings).__name__}",
+            )
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in settings:
+            if key not in known:
+                guess = _closest(str(key), known)
+                hint = f" (did you mean {guess!r}?)" if guess else ""
+                raise InvalidConfig(key, f"{name}: {key!r} is no KafkaLogConfig field{hint}")
+        try:
+            return cls(**settings)
+        except InvalidConfig as exc:
+            raise type(exc)(exc.field, f"{name}: {exc}") from None
+
     def replace(self, **changes: Unpack[KafkaLogFields]) -> KafkaLogConfig:
         """A copy with some fields changed (validated like a new config)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

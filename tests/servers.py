@@ -1,8 +1,13 @@
-"""Run an ASGI app under a real uvicorn server in a background thread, for tests."""
+"""Real servers for tests: an ASGI app under uvicorn in a background thread, a WSGI app
+under gunicorn in a child process."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -49,3 +54,40 @@ def serve(
         thread.join(60)
         if thread.is_alive():
             raise RuntimeError("uvicorn did not stop")
+
+
+@contextmanager
+def gunicorn(
+    app: str, *options: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run ``gunicorn app`` with ``options`` on a free loopback port; yields its base URL
+    and process; on exit sends SIGTERM (a graceful stop) and waits for it."""
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", *options, app]
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})})
+    try:
+        _wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not start") from None
+            time.sleep(0.05)

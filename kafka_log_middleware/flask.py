@@ -1,0 +1,80 @@
+"""``KafkaLog``: the Flask extension, a thin shell over the WSGI door.
+
+``KafkaLog(app)`` or, with an application factory, ``kafka_log.init_app(app)``: wraps
+``app.wsgi_app`` in a ``KafkaLogWSGIMiddleware`` configured from
+``app.config["KAFKA_LOG"]`` (a dict of Kong's field names, or a ``KafkaLogConfig``),
+keeps it in ``app.extensions["kafka_log"]``, and records the matched ``url_rule`` as the
+entry's route (``name``: the endpoint, ``paths``: the rule, ``methods``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Unpack
+
+from flask import Flask, request
+
+from .config import KafkaLogConfig, KafkaLogFields
+from .publisher import Resolver
+from .routes import MatchedRoute
+from .wsgi import ROUTE_KEY, KafkaLogWSGIMiddleware
+
+EXTENSION = "kafka_log"
+"""The key of the app's middleware in ``app.extensions``."""
+
+
+class KafkaLog:
+    """Log every request of a Flask app to Kafka, in Kong's format.
+
+    Configuration: ``config`` or ``**fields`` given here win over
+    ``app.config["KAFKA_LOG"]``; a bad one raises at ``init_app``, naming the field.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        config: KafkaLogConfig | None = None,
+        *,
+        config_resolver: Resolver | None = None,
+        **fields: Unpack[KafkaLogFields],
+    ) -> None:
+        self._config = config
+        self._fields = fields
+        self._resolver = config_resolver
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Wrap ``app.wsgi_app`` and record routes; the middleware goes to ``app.extensions``."""
+        if EXTENSION in app.extensions:
+            raise RuntimeError("KafkaLog is already set up on this app")
+        config = self._config
+        if config is None and not self._fields:
+            config = _settings(app.config.get("KAFKA_LOG"))
+        middleware = KafkaLogWSGIMiddleware(
+            app.wsgi_app,
+            config,
+            config_resolver=self._resolver,
+            **self._fields,
+        )
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+        app.extensions[EXTENSION] = middleware
+        app.before_request(_record_route)
+
+    @staticmethod
+    def middleware(app: Flask) -> KafkaLogWSGIMiddleware:
+        """The app's middleware (for ``stats()``, ``update_config()``, ``close()``)."""
+        middleware: KafkaLogWSGIMiddleware = app.extensions[EXTENSION]
+        return middleware
+
+
+def _settings(settings: Any) -> KafkaLogConfig:
+    """``app.config["KAFKA_LOG"]`` as a config (absent: the environment's, see ``from_env``)."""
+    if settings is None:
+        return KafkaLogConfig.from_env()
+    return KafkaLogConfig.from_settings(settings, 'app.config["KAFKA_LOG"]')
+
+
+def _record_route() -> None:
+    rule = request.url_rule
+    if rule is not None:
+        request.environ[ROUTE_KEY] = MatchedRoute(rule.endpoint, rule.rule, rule.methods)
