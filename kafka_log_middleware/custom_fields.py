@@ -26,11 +26,18 @@ def set_serialize_value(request_or_scope: Any, key: str, value: Any, mode: Mode 
     """Record an edit of this request's log entry: ``set`` (always), ``add`` (only if
     absent) or ``replace`` (only if present); ``value=None`` removes the field.
 
-    ``request_or_scope`` is a Starlette ``Request`` (anything with ``.scope``) or the scope.
+    ``request_or_scope`` is an ASGI request (anything with ``.scope``: Starlette's,
+    Django's under ASGI) or its scope, a WSGI request (anything with ``.environ``:
+    Flask's, Django's under WSGI) or its environ.
     """
-    scope = getattr(request_or_scope, "scope", request_or_scope)
+    scope = getattr(request_or_scope, "scope", None)
+    if scope is None:
+        scope = getattr(request_or_scope, "environ", request_or_scope)
     if not isinstance(scope, MutableMapping):
-        raise TypeError("set_serialize_value needs a request (with .scope) or an ASGI scope")
+        raise TypeError(
+            "set_serialize_value needs a request (with .scope or .environ), an ASGI scope "
+            "or a WSGI environ"
+        )
     check_key(key)
     if mode not in _MODES:
         raise ValueError(f"mode must be 'set', 'add' or 'replace', not {mode!r}")
