@@ -25,7 +25,7 @@ from typing import Any, Unpack
 
 from . import _log
 from .buffer import LogBuffer
-from .capture import CapturedRequest
+from .capture import DOOR_KEY, CapturedRequest
 from .config import KafkaLogConfig, KafkaLogFields
 from .pipeline import Pipeline, config_of, update_config_of
 from .producers import Producer
@@ -104,6 +104,7 @@ class KafkaLogMiddleware:
         publisher = pipeline.publisher
         if publisher is None or publisher.loop is not _running_loop():
             pipeline.start()
+        scope[DOOR_KEY] = "asgi"
         request = ASGIRequest(scope, pipeline.config, receive, send)
         try:
             await self.app(scope, request.receive, request.send)

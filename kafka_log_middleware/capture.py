@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 _perf = time.perf_counter
 _wall = time.time
+DOOR_KEY = "kafka_log_middleware.door"
+"""Scope/environ key a door sets on each request it logs ("asgi", "wsgi"): an inner
+integration (Django's ``MIDDLEWARE`` entry) then only adds what it knows (the route)."""
 
 
 class CapturedRequest:
@@ -94,6 +97,13 @@ class CapturedRequest:
         """Mark the request over now, unless its end was already recorded."""
         if not self.t_end:
             self.t_end = _perf()
+
+    def content_length(self) -> int | None:
+        """The response's ``Content-Length``, if it declared one."""
+        for name, value in self.response_headers:
+            if len(name) == 14 and name.lower() == b"content-length" and value.isdigit():
+                return int(value)
+        return None
 
     def __repr__(self) -> str:
         # Never headers, nor the raw path: both may carry credentials (an absolute-form

@@ -33,6 +33,7 @@ class LoopThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
 
     @property
     def alive(self) -> bool:
@@ -55,7 +56,6 @@ class LoopThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)
         if not self._thread.is_alive():
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
 

@@ -5,36 +5,30 @@ A worker thread only records facts: it snapshots the environ (``environ.py``), w
 ``close()``s that iterable it hands the finished request to the pipeline's buffer
 (``put_threadsafe``: a counter and an append under a small lock, never a lock held
 across I/O). The pipeline's publisher and producers run in one background thread per
-process (``loop_thread.py``), made on the first request of each process: nothing
+process (``background.py``), made on the first request of each process: nothing
 created before a fork (``gunicorn --preload``) is used after it. Pending entries are
 flushed at interpreter exit, within ``shutdown_timeout``, or by ``close()``.
 """
 
 from __future__ import annotations
 
-import atexit
-import importlib
 import os
-import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Unpack
 
-from . import _log
+from .background import BackgroundPipeline
 from .buffer import LogBuffer
-from .capture import CapturedRequest
+from .capture import DOOR_KEY, CapturedRequest
 from .config import KafkaLogConfig, KafkaLogFields
 from .custom_fields import EDITS_KEY
 from .environ import scope_of
-from .loop_thread import LoopThread
-from .pipeline import Pipeline, config_of, update_config_of
+from .pipeline import config_of, update_config_of
 from .producers import Producer
 from .publisher import Resolver
 
 _perf = time.perf_counter
-_getpid = os.getpid
 ROUTE_KEY = "kafka_log_middleware.route"
 """Environ key where a framework integration records the matched route (a
 ``MatchedRoute``); it becomes the entry's ``scope["route"]``."""
@@ -67,32 +61,21 @@ class KafkaLogWSGIMiddleware:
         config = config_of(config, fields)
         if config_resolver is not None and not callable(config_resolver):
             raise TypeError("config_resolver must be callable")
-        self._pipeline = Pipeline(config, config_resolver)
-        self._runner: LoopThread | None = None
-        """This process's background loop (None until the first request, and after close)."""
-        self._parents: LoopThread | None = None
-        """In a forked child: the parent's background loop (see ``_start``)."""
-        self._starting = threading.Lock()
-        _close_at_exit(self)
-        problem = uwsgi_problem()
-        if problem is not None:
-            _log.logger.error("kafka_log_middleware: %s", problem)
+        self._background = BackgroundPipeline(config, config_resolver)
 
     def __repr__(self) -> str:
-        return f"KafkaLogWSGIMiddleware({self._pipeline.config!r})"
+        return f"KafkaLogWSGIMiddleware({self.config!r})"
 
     @property
     def config(self) -> KafkaLogConfig:
         """The configuration in force for new requests."""
-        return self._pipeline.config
+        return self._background.pipeline.config
 
     # -- the request path -------------------------------------------------------
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        runner = self._runner
-        if runner is None or runner.pid != _getpid():
-            self._start()
-        pipeline = self._pipeline
+        pipeline = self._background.started()
+        environ[DOOR_KEY] = "wsgi"
         request = WSGIRequest(environ, pipeline.config, start_response, pipeline.buffer)
         try:
             result = self.app(environ, request.start_response)
@@ -102,38 +85,12 @@ class KafkaLogWSGIMiddleware:
             raise
         return request.response(result)
 
-    # -- lifecycle ------------------------------------------------------------
-
-    def _start(self) -> None:
-        """Start this process's background loop and the pipeline's publisher in it."""
-        with self._starting:
-            runner = self._runner
-            if runner is not None and runner.alive:
-                return
-            if runner is not None and runner.pid != _getpid():
-                # Forked: the parent's thread is not here, and its loop, "running" in
-                # the parent, cannot be closed; kept unused rather than collected.
-                self._parents = runner
-            runner = LoopThread("kafka-log-publisher")
-            runner.call(self._pipeline.start)
-            self._runner = runner
+    # -- lifecycle and runtime control ------------------------------------------
 
     def close(self) -> None:
         """Flush pending entries and close producers, within ``shutdown_timeout``; stop
         the background thread. A later request starts them again. Runs at exit too."""
-        with self._starting:
-            runner, self._runner = self._runner, None
-        if runner is None or not runner.alive:
-            return
-        timeout = self._pipeline.config.shutdown_timeout / 1000
-        try:
-            runner.run(self._pipeline.aclose(), timeout + 1)
-        except Exception as exc:  # TimeoutError included: what was left is counted
-            _log.warn("exit", "kafka_log_middleware: flush at close failed (%r)", exc)
-        finally:
-            runner.stop(1.0)
-
-    # -- runtime control ------------------------------------------------------
+        self._background.close()
 
     def update_config(
         self, config: KafkaLogConfig | None = None, **changes: Unpack[KafkaLogFields]
@@ -143,15 +100,15 @@ class KafkaLogWSGIMiddleware:
         Requests already captured keep the config they started with. A producer that no
         config in force uses any more is flushed and closed.
         """
-        self._pipeline.update_config(update_config_of(self._pipeline.config, config, changes))
+        self._background.update_config(update_config_of(self.config, config, changes))
 
     def stats(self) -> dict[str, int]:
         """This process's counters (see ``KafkaLogMiddleware.stats``)."""
-        return self._pipeline.stats()
+        return self._background.stats()
 
     def producers(self) -> list[Producer]:
         """The Kafka producers this middleware currently holds in this process."""
-        return self._pipeline.producers()
+        return self._background.producers()
 
 
 class WSGIRequest(CapturedRequest):
@@ -370,10 +327,9 @@ class _WatchedFile:
                 close()
         finally:
             sent = self._read if self._size is None else self._size
-            for name, value in request.response_headers:
-                if name.lower() == b"content-length" and value.isdigit():
-                    sent = min(sent, int(value))  # a server sends no more than it declared
-            request.body_sent = sent
+            declared = request.content_length()
+            # A server sends no more than the response declared.
+            request.body_sent = sent if declared is None else min(sent, declared)
             request.end()
 
     def __getattr__(self, name: str) -> Any:
@@ -387,41 +343,3 @@ def _remaining(file: Any) -> int | None:
         return max(os.fstat(fileno).st_size - os.lseek(fileno, 0, os.SEEK_CUR), 0)
     except (AttributeError, OSError, ValueError):
         return None
-
-
-def uwsgi_problem() -> str | None:
-    """Under uWSGI without Python threads, what to enable; else None."""
-    try:
-        uwsgi = importlib.import_module("uwsgi")  # exists only inside uWSGI
-    except ImportError:
-        return None
-    options = getattr(uwsgi, "opt", {})
-    if _on(options.get("enable-threads")) or _on(options.get("threads")):
-        return None
-    return (
-        "uWSGI runs this app without Python threads, and the publisher of log entries "
-        "is a thread: entries will pile up and be dropped (buffer_full) instead of "
-        "reaching Kafka. Start uWSGI with --enable-threads (or --threads N); with "
-        "--master, also --lazy-apps, so that each worker loads the app (and its "
-        "middleware) itself."
-    )
-
-
-def _on(value: Any) -> bool:
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    if isinstance(value, str):
-        return value.strip().lower() not in ("", "0", "false", "no", "off")
-    return bool(value)
-
-
-def _close_at_exit(middleware: KafkaLogWSGIMiddleware) -> None:
-    """Register ``middleware.close()`` at interpreter exit, without keeping it alive."""
-    ref = weakref.ref(middleware)
-
-    def close() -> None:
-        alive = ref()
-        if alive is not None:
-            alive.close()
-
-    atexit.register(close)

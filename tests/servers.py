@@ -60,10 +60,19 @@ def serve(
 def gunicorn(
     app: str, *options: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run ``gunicorn app`` with ``options`` on a free loopback port; yields its base URL
-    and process; on exit sends SIGTERM (a graceful stop) and waits for it."""
+    """Run ``gunicorn app`` with ``options`` on a free loopback port (see ``server_process``)."""
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", *options, app]
+    with server_process(command, port, env) as running:
+        yield running
+
+
+@contextmanager
+def server_process(
+    command: list[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run a server ``command`` listening on ``port``; yields its base URL and process; on
+    exit sends SIGTERM (a graceful stop) and waits for it to end."""
     process = subprocess.Popen(command, env={**os.environ, **(env or {})})
     try:
         _wait_for_port(port, process)

@@ -1,8 +1,17 @@
-"""Django's ASGI handler (no lifespan support) under uvicorn, logged to a real broker."""
+"""Django: the ``settings.MIDDLEWARE`` entry (``kafka_log_middleware.django``), in-process
+without a broker (sync and async handlers, settings errors, routes, hooks, streaming,
+an outer door), and a Django project under real servers logged to the real broker:
+gunicorn (WSGI), uvicorn (ASGI), and the ASGI door around Django's ASGI handler."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import sys
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import orjson
@@ -11,55 +20,278 @@ import pytest
 django = pytest.importorskip("django")
 
 from django.conf import settings  # noqa: E402
-from django.http import HttpRequest, JsonResponse  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse  # noqa: E402
+from django.test import AsyncClient, Client, override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware  # noqa: E402
+from kafka_log_middleware.django import KafkaLogMiddleware as DjangoMiddleware  # noqa: E402
+from kafka_log_middleware.django import authenticated_user  # noqa: E402
+from kafka_log_middleware.wsgi import KafkaLogWSGIMiddleware  # noqa: E402
+from tests import django_project  # noqa: E402
 from tests.kafka_helpers import consume, unique_topic  # noqa: E402
-from tests.servers import serve  # noqa: E402
+from tests.polling import wait_until  # noqa: E402
+from tests.scripted import Scripted  # noqa: E402
+from tests.servers import free_port, gunicorn, serve, server_process  # noqa: E402
+from tests.test_gunicorn import check_entries, send  # noqa: E402
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
+
+SCRIPTED = {  # nothing connects: scripted producers answer
+    "bootstrap_servers": "127.0.0.1:9",
+    "topic": "django-logs",
+    "producer_async_flush_timeout": 1,
+    "producer_request_retries_backoff_timeout": 0,
+    "service": {"name": "django-project"},
+}
+HELLO = {"name": "hello", "paths": ["/hello/<str:name>"]}
+ITEMS = {"name": "items", "paths": ["/items/"], "methods": ["GET", "HEAD", "OPTIONS", "POST"]}
 
 
-def hello(request: HttpRequest, name: str) -> JsonResponse:
-    return JsonResponse({"hello": name})
+def streamed(request: HttpRequest) -> StreamingHttpResponse:
+    return StreamingHttpResponse(iter([b"ab", b"cde"]))
 
 
-urlpatterns = [path("hello/<str:name>", hello)]
+def signed_in(request: HttpRequest) -> HttpResponse:
+    request.user = SimpleNamespace(  # as auth would set it
+        pk=7, is_authenticated=True, get_username=lambda: "ann"
+    )
+    return HttpResponse(b"hi")
 
 
-def django_application() -> object:
+urlpatterns = [
+    *django_project.urlpatterns,
+    path("stream/", streamed, name="stream"),
+    path("me/", signed_in, name="me"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def configured() -> None:
     if not settings.configured:
-        settings.configure(
-            DEBUG=False,
-            ALLOWED_HOSTS=["*"],
-            ROOT_URLCONF=__name__,
-            SECRET_KEY="test-only",
-            MIDDLEWARE=[],
-            INSTALLED_APPS=[],
-        )
+        settings.configure(**{**django_project.settings_dict(), "ROOT_URLCONF": __name__})
         django.setup()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Scripted]:
+    with Scripted().installed() as maker:
+        yield maker
+
+
+def middleware_of(handler: Any) -> DjangoMiddleware:
+    """The ``KafkaLogMiddleware`` a handler (or a test client's handler) loaded."""
+    node = handler._middleware_chain
+    while not isinstance(node, DjangoMiddleware):
+        node = getattr(node, "__wrapped__", None) or node.get_response
+    return node
+
+
+def published(scripted: Scripted, middleware: Any, count: int) -> list[Any]:
+    wait_until(lambda: middleware.stats()["delivered"] >= count, timeout=20)
+    entries = [orjson.loads(m[1]) for h in scripted.handovers() for m in h.messages]
+    assert len(entries) == count
+    return sorted(entries, key=lambda e: e["request"]["uri"])
+
+
+# -- the MIDDLEWARE entry, in-process ------------------------------------------------------
+
+
+def test_the_middleware_logs_routes_from_resolver_match(scripted: Scripted) -> None:
+    """Function and class-based views: the view name, /pattern, a CBV's methods."""
+    with override_settings(KAFKA_LOG=SCRIPTED):
+        client = Client()
+        assert client.get("/hello/ann?x=1").json() == {"hello": "ann"}
+        assert client.post("/items/", b"abc", content_type="text/plain").status_code == 201
+        assert client.get("/nowhere").status_code == 404
+        middleware = middleware_of(client.handler)
+        hello, items, missing = published(scripted, middleware, 3)
+        middleware.close()
+    assert hello["route"] == HELLO
+    assert hello["request"]["querystring"] == {"x": "1"}
+    assert hello["response"]["status"] == 200
+    assert hello["service"] == {"name": "django-project"}
+    assert items["route"] == ITEMS and items["response"]["status"] == 201
+    assert items["request"]["method"] == "POST"
+    assert missing["response"]["status"] == 404 and "route" not in missing
+
+
+async def test_the_middleware_is_async_capable(
+    scripted: Scripted, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under Django's async handler the middleware runs as a coroutine; under uvicorn it
+    says, once, that only the ASGI door can flush at shutdown there."""
+    assert "uvicorn" in sys.modules  # the test servers import it
+    with override_settings(KAFKA_LOG=SCRIPTED):
+        client = AsyncClient()
+        response = await client.get("/hello/bob")
+        assert response.status_code == 200
+        assert (await client.get("/items/")).status_code == 200
+        middleware = middleware_of(client.handler)
+        assert middleware.is_async
+        entry, _ = await asyncio.to_thread(published, scripted, middleware, 2)
+        middleware.close()
+    assert entry["route"] == HELLO
+    assert entry["request"]["uri"] == "/hello/bob"
+    said = [r for r in caplog.records if "under uvicorn" in r.getMessage()]
+    assert len(said) == 1 and "KafkaLogMiddleware(get_asgi_application())" in said[0].getMessage()
+
+
+def test_a_streamed_response_is_counted_when_closed(scripted: Scripted) -> None:
+    with override_settings(KAFKA_LOG=SCRIPTED):
+        client = Client()
+        response = client.get("/stream/")
+        assert b"".join(response.streaming_content) == b"abcde"
+        response.close()
+        middleware = middleware_of(client.handler)
+        (entry,) = published(scripted, middleware, 1)
+        middleware.close()
+    assert entry["response"]["size"] == str(len("HTTP/1.1 200 OK\r\n") + 40 + 2 + 5)
+
+
+def test_hooks_as_dotted_paths_and_the_authenticated_user_as_consumer(
+    scripted: Scripted,
+) -> None:
+    settings_value = {**SCRIPTED, "consumer": "kafka_log_middleware.django.authenticated_user"}
+    with override_settings(KAFKA_LOG=settings_value):
+        client = Client()
+        client.get("/me/")
+        client.get("/hello/x")
+        middleware = middleware_of(client.handler)
+        assert middleware._background.pipeline.config.consumer is authenticated_user
+        hello, me = published(scripted, middleware, 2)
+        middleware.close()
+    assert me["consumer"] == {"id": "7", "username": "ann"}
+    assert "consumer" not in hello  # nobody signed in
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ({**SCRIPTED, "topik": "x"}, "'topik' is no KafkaLogConfig field (did you mean 'topic'?)"),
+        ({**SCRIPTED, "topic": "a b"}, "settings.KAFKA_LOG: topic 'a b' is not a legal"),
+        ({**SCRIPTED, "consumer": "no.such.hook"}, "consumer: cannot import 'no.such.hook'"),
+        ("topic", "settings.KAFKA_LOG must be a dict"),
+    ],
+)
+def test_bad_settings_are_improperly_configured_at_startup(value: Any, named: str) -> None:
+    """Django loads its middleware when the handler is made: that is when it fails."""
+    with override_settings(KAFKA_LOG=value), pytest.raises(ImproperlyConfigured) as raised:
+        WSGIHandler()
+    assert named in str(raised.value)
+
+
+def test_inside_the_wsgi_door_the_middleware_only_adds_the_route(scripted: Scripted) -> None:
+    """Wrapped get_wsgi_application() and the MIDDLEWARE entry: one entry, with route."""
+    with override_settings(KAFKA_LOG=SCRIPTED):
+        app = KafkaLogWSGIMiddleware(WSGIHandler(), KafkaLogConfig(**SCRIPTED))  # type: ignore[arg-type]
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/hello/door",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_HOST": "testserver",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(),
+            "wsgi.errors": sys.stderr,
+        }
+        statuses: list[str] = []
+        result = app(environ, lambda status, headers, exc_info=None: statuses.append(status))  # type: ignore[arg-type, return-value]
+        b"".join(result)
+        result.close()  # type: ignore[attr-defined]
+        (entry,) = published(scripted, app, 1)
+        app.close()
+    assert statuses == ["200 OK"]
+    assert entry["route"] == HELLO
+
+
+# -- real servers, the real broker ----------------------------------------------------------
+
+
+def project_env(bootstrap: str, topic: str, log_format: str = "kong2") -> dict[str, str]:
+    return {
+        "DJANGO_SETTINGS_MODULE": "tests.django_project",
+        "KAFKA_LOG_TEST_BOOTSTRAP": bootstrap,
+        "KAFKA_LOG_TEST_TOPIC": topic,
+        "KAFKA_LOG_TEST_FORMAT": log_format,
+    }
+
+
+def mixed_request(client: httpx.AsyncClient, n: int) -> httpx.Request:
+    if n % 3 == 2:
+        return client.build_request("POST", "/items/", params={"n": n}, content=b"x" * n)
+    return client.build_request("GET", f"/hello/d{n}?n={n}")
+
+
+def route_of(request: httpx.Request) -> dict[str, Any]:
+    return ITEMS if request.url.path == "/items/" else HELLO
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("log_format", ["kong2", "kong3"])
+def test_a_django_project_under_gunicorn_logs_through_its_middleware_setting(
+    kafka_bootstrap: str, log_format: str
+) -> None:
+    topic = unique_topic(f"django-gunicorn-{log_format}")
+    env = project_env(kafka_bootstrap, topic, log_format)
+    started = time.time()
+    app = "tests.django_project:wsgi_application"
+    with gunicorn(app, "--preload", "-w", "2", env=env) as (base_url, _):
+        exchanges = send(base_url, 90, connections=8, build=mixed_request)
+    entries = check_entries(
+        kafka_bootstrap, topic, exchanges, base_url, log_format, started, route_of,
+        service={"name": "django-project"},
+    )  # fmt: skip
+    assert len({e["response"]["headers"]["x-pid"] for e in entries}) == 2
+
+
+@pytest.mark.kafka
+def test_a_django_project_under_uvicorn_logs_through_its_middleware_setting(
+    kafka_bootstrap: str,
+) -> None:
+    """Django's ASGI handler: the middleware runs as a coroutine."""
+    topic = unique_topic("django-uvicorn")
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "tests.django_project:asgi_application",
+        "--port", str(port), "--lifespan", "off", "--log-level", "warning",
+    ]  # fmt: skip
+    started = time.time()
+    with server_process(command, port, project_env(kafka_bootstrap, topic)) as (base_url, uv):
+        exchanges = send(base_url, 60, connections=8, build=mixed_request)
+        uv.terminate()
+        # uvicorn stops gracefully, then ends itself with the signal it got (-15).
+        assert uv.wait(60) in (0, -15)
+    check_entries(
+        kafka_bootstrap, topic, exchanges, base_url, "kong2", started, route_of,
+        service={"name": "django-project"},
+    )  # fmt: skip
+
+
+@pytest.mark.kafka
+def test_the_asgi_door_around_django_logs_once_with_the_route(kafka_bootstrap: str) -> None:
+    """Django's ASGI handler (no lifespan) wrapped in the ASGI door, with the MIDDLEWARE
+    entry too: the door logs, the middleware adds the route name."""
     from django.core.asgi import get_asgi_application
 
-    return get_asgi_application()
-
-
-def test_django_asgi_requests_are_logged(kafka_bootstrap: str) -> None:
-    topic = unique_topic("django")
+    topic = unique_topic("django-asgi-door")
     config = KafkaLogConfig(
         bootstrap_servers=(kafka_bootstrap,), topic=topic, producer_async_flush_timeout=20
     )
-    middleware = KafkaLogMiddleware(django_application(), config)  # type: ignore[arg-type]
-
+    middleware = KafkaLogMiddleware(get_asgi_application(), config)
     with serve(middleware, lifespan="on") as base_url:
         response = httpx.get(f"{base_url}/hello/django?x=1")
         assert response.status_code == 200 and response.json() == {"hello": "django"}
         assert httpx.get(f"{base_url}/missing").status_code == 404
     # The shutdown the middleware spoke for Django flushed both entries.
     assert middleware.stats()["delivered"] == 2
-    records = asyncio.run(consume(kafka_bootstrap, topic, 2, timeout=10))
+    records = asyncio.run(consume(kafka_bootstrap, topic, 3, timeout=5))
     entries = sorted((orjson.loads(r.value) for r in records), key=lambda e: e["request"]["uri"])
     assert [e["response"]["status"] for e in entries] == [200, 404]
     assert entries[0]["request"]["uri"] == "/hello/django?x=1"
-    assert entries[0]["request"]["querystring"] == {"x": "1"}
-    assert "route" not in entries[0]  # no Starlette route; give a `route` hook for Django
+    assert entries[0]["route"] == HELLO
+    assert "route" not in entries[1]

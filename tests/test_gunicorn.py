@@ -5,9 +5,11 @@ whole entries compared in both layouts, and SIGTERM under load."""
 from __future__ import annotations
 
 import asyncio
+import http
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,11 @@ pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
 
 APP = "tests.flask_app:app"
 SERVER_HEADERS = {b"date", b"server", b"connection"}  # added by gunicorn, not the app
-HELLO_METHODS = ["GET", "HEAD", "OPTIONS"]  # Flask adds HEAD and OPTIONS to a GET rule
+FLASK_ROUTE = {  # Flask adds HEAD and OPTIONS to a GET rule
+    "name": "hello",
+    "paths": ["/hello/<name>"],
+    "methods": ["GET", "HEAD", "OPTIONS"],
+}
 Exchanges = dict[int, tuple[httpx.Request, httpx.Response]]
 
 
@@ -38,59 +44,74 @@ def app_env(bootstrap: str, topic: str, **fields: str) -> dict[str, str]:
 
 
 def expected_entry(
-    request: httpx.Request, response: httpx.Response, port: int, log_format: str
+    request: httpx.Request,
+    response: httpx.Response,
+    port: int,
+    log_format: str,
+    route: dict[str, Any] | None = FLASK_ROUTE,
+    service: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The Kong entry of this exchange, from the bytes on the wire."""
+    """The Kong entry of this exchange, from the bytes on the wire (WSGI servers)."""
     kong3 = log_format == "kong3"
     target = request.url.raw_path.decode()
-    request_size = len(f"GET {target} HTTP/1.1\r\n") + header_bytes(request.headers.raw) + 2
+    request_size = len(f"{request.method} {target} HTTP/1.1\r\n") + header_bytes(
+        request.headers.raw
+    )
+    request_size += 2 + len(request.content)
     app_headers = [(k, v) for k, v in response.headers.raw if k.lower() not in SERVER_HEADERS]
-    response_size = len("HTTP/1.1 200 OK\r\n") + header_bytes(app_headers) + 2
-    response_size += len(response.content)
-    headers = header_object(request.headers.raw)
+    status = response.status_code
+    response_size = len(f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n")
+    response_size += header_bytes(app_headers) + 2 + len(response.content)
     entry: dict[str, Any] = {
         "request": {
             "uri": target,
             "url": f"http://127.0.0.1:{port}{target}",
-            "querystring": {"n": request.url.params["n"]},
-            "method": "GET",
-            "headers": headers,
+            "querystring": dict(request.url.params),
+            "method": request.method,
+            "headers": header_object(request.headers.raw),
             "size": request_size if kong3 else str(request_size),
         },
         "upstream_uri": target,
         "response": {
-            "status": 200,
+            "status": status,
             "headers": header_object(app_headers),
             "size": response_size if kong3 else str(response_size),
         },
-        "route": {
-            "name": "hello",
-            "paths": ["/hello/<name>"],
-            "methods": ["GET", "HEAD", "OPTIONS"],
-        },
         "client_ip": "127.0.0.1",
     }
+    if route is not None:
+        entry["route"] = route
+    if service is not None:
+        entry["service"] = service
     if kong3:
-        entry["upstream_status"] = "200"
+        entry["upstream_status"] = str(status)
         entry["source"] = "upstream"
         entry["workspace_name"] = "default"
     return entry
 
 
+def hello_request(client: httpx.AsyncClient, n: int) -> httpx.Request:
+    return client.build_request("GET", f"/hello/w{n}?n={n}")
+
+
 def send(
-    base_url: str, count: int, connections: int
-) -> dict[int, tuple[httpx.Request, httpx.Response]]:
-    """``count`` GETs over up to ``connections`` connections at once, by request number."""
-    exchanges: dict[int, tuple[httpx.Request, httpx.Response]] = {}
+    base_url: str,
+    count: int,
+    connections: int,
+    build: Callable[[httpx.AsyncClient, int], httpx.Request] = hello_request,
+) -> Exchanges:
+    """``count`` requests (``build(client, n)``, with a query argument ``n``) over up to
+    ``connections`` connections at once, by request number."""
+    exchanges: Exchanges = {}
 
     async def send_all() -> None:
         limits = httpx.Limits(max_connections=connections)
         async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
 
             async def one(n: int) -> None:
-                request = client.build_request("GET", f"/hello/w{n}?n={n}")
+                request = build(client, n)
                 response = await client.send(request)
-                assert response.status_code == 200, response.text
+                assert response.status_code in (200, 201), response.text
                 exchanges[n] = (request, response)
 
             await asyncio.gather(*(one(n) for n in range(count)))
@@ -106,6 +127,8 @@ def check_entries(
     base_url: str,
     log_format: str,
     started: float,
+    route_of: Callable[[httpx.Request], dict[str, Any] | None] = lambda _: FLASK_ROUTE,
+    service: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Exactly one entry per exchange in ``topic``, each the whole expected entry."""
     records = asyncio.run(consume(bootstrap, topic, len(exchanges) + 1, timeout=20))
@@ -118,7 +141,8 @@ def check_entries(
         entries.append(entry)
         request, response = exchanges[int(entry["request"]["querystring"]["n"])]
         actual = check_and_strip_variable_fields(dict(entry), log_format, started, ended)
-        assert actual == expected_entry(request, response, port, log_format)
+        expected = expected_entry(request, response, port, log_format, route_of(request), service)
+        assert actual == expected
     numbers = sorted(int(e["request"]["querystring"]["n"]) for e in entries)
     assert numbers == sorted(exchanges)
     return entries

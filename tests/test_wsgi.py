@@ -18,8 +18,9 @@ import orjson
 import pytest
 
 from kafka_log_middleware import KafkaLogConfig, set_serialize_value
+from kafka_log_middleware.background import uwsgi_problem
 from kafka_log_middleware.routes import MatchedRoute
-from kafka_log_middleware.wsgi import ROUTE_KEY, KafkaLogWSGIMiddleware, uwsgi_problem
+from kafka_log_middleware.wsgi import ROUTE_KEY, KafkaLogWSGIMiddleware
 from tests.polling import wait_until
 from tests.scripted import Scripted, config, invariant_problems
 
@@ -456,7 +457,7 @@ def test_worker_threads_feed_one_background_publisher(
     assert numbers == sorted(i * 100 + n for i in range(8) for n in range(50))
     publishers = [t for t in threading.enumerate() if t.name == "kafka-log-publisher"]
     assert len(publishers) == 1
-    assert {h.loop for h in scripted.handovers()} == {middleware._runner.loop}  # type: ignore[union-attr]
+    assert {h.loop for h in scripted.handovers()} == {middleware._background.runner.loop}  # type: ignore[union-attr]
 
 
 def test_close_flushes_stops_the_thread_and_a_later_request_starts_again(
@@ -465,7 +466,7 @@ def test_close_flushes_stops_the_thread_and_a_later_request_starts_again(
     scripted.ready = False  # nothing is delivered before close()
     middleware = logged(hello, middlewares)
     serve(middleware)
-    runner = middleware._runner
+    runner = middleware._background.runner
     assert runner is not None and runner.alive
     wait_until(lambda: len(scripted.made) == 1)
     assert middleware.stats()["delivered"] == 0
@@ -477,7 +478,7 @@ def test_close_flushes_stops_the_thread_and_a_later_request_starts_again(
     assert scripted.made[0].shut_down
     scripted.ready = True
     serve(middleware)
-    assert middleware._runner is not None and middleware._runner is not runner
+    assert middleware._background.runner is not None and middleware._background.runner is not runner
     wait_until(lambda: middleware.stats()["delivered"] == 2)
 
 
@@ -554,8 +555,8 @@ def test_nothing_crosses_a_fork(
 
 
 def _parts(middleware: KafkaLogWSGIMiddleware) -> dict[str, int]:
-    runner = middleware._runner
-    pipeline = middleware._pipeline
+    runner = middleware._background.runner
+    pipeline = middleware._background.pipeline
     assert runner is not None and pipeline.publisher is not None
     return {
         "thread": id(runner._thread),
