@@ -163,7 +163,11 @@ def test_shared_mappings_on_the_path_are_not_modified() -> None:
 
 def test_set_serialize_value_without_a_scope_says_what_it_needs() -> None:
     with pytest.raises(
-        TypeError, match=r"^set_serialize_value needs a request \(with \.scope\) or an ASGI scope$"
+        TypeError,
+        match=(
+            r"^set_serialize_value needs a request \(with \.scope or \.environ\), "
+            r"an ASGI scope or a WSGI environ$"
+        ),
     ):
         set_serialize_value(42, "a", 1)
 

@@ -20,10 +20,12 @@ import re
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, NamedTuple, NoReturn
 
 import orjson
 import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from devtools.nginx import KongNginx, NginxUnavailable
 from kafka_log_middleware.capture import CapturedRequest
@@ -35,6 +37,17 @@ from kafka_log_middleware.types import Receive, Scope, Send
 from .test_request_size import Recorder, uvicorn_on_free_port
 
 PARSERS = ("h11", "httptools")
+
+
+def _httptools_strips_trailing_spaces() -> bool:
+    """Whether the installed uvicorn trims the spaces after a value httptools keeps (it
+    newer releases do: RFC 9110 leaves them out of the value)."""
+    protocol = SimpleNamespace(headers=[], expect_100_continue=False)
+    HttpToolsProtocol.on_header(protocol, b"host", b"example.com  ")  # type: ignore[arg-type]
+    return bool(protocol.headers == [(b"host", b"example.com")])
+
+
+STRIPPING_PARSERS = ("h11", "httptools") if _httptools_strips_trailing_spaces() else ("h11",)
 LAYOUTS: tuple[LogFormat, ...] = ("kong2", "kong3")
 FIELDS = ("uri", "url", "querystring", "method", "headers", "size")
 SECRET = b"s3cr3t"
@@ -205,7 +218,13 @@ CASES = [
     Case(
         "host: spaces after the value",
         b"GET / HTTP/1.1\r\nHost: example.com  \r\n\r\n",
-        differs=(Diff("size", "h11 strips the spaces after a value: not in the scope", ("h11",)),),
+        differs=(
+            Diff(
+                "size",
+                "uvicorn strips the spaces after a value: not in the scope",
+                STRIPPING_PARSERS,
+            ),
+        ),
     ),
     Case("host: HTTP/1.0 without Host is the server name", b"GET /old HTTP/1.0\r\n\r\n"),
     Case("host: HTTP/1.0 with Host", _get(b"/old", version=b"1.0")),
