@@ -12,8 +12,8 @@ the rest is its own business (``asgi.py``, ``wsgi.py``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from .nginx_vars import target, text
 from .types import Scope
@@ -26,6 +26,19 @@ _wall = time.time
 DOOR_KEY = "kafka_log_middleware.door"
 """Scope/environ key a door sets on each request it logs ("asgi", "wsgi"): an inner
 integration (Django's ``MIDDLEWARE`` entry) then only adds what it knows (the route)."""
+
+
+def request_state(request_or_scope: Any, caller: str) -> MutableMapping[str, Any]:
+    """Where the app's code leaves facts for this request's entry: the ASGI scope (of a
+    request with ``.scope``, or given) or the WSGI environ (of one with ``.environ``)."""
+    state = getattr(request_or_scope, "scope", None)
+    if state is None:
+        state = getattr(request_or_scope, "environ", request_or_scope)
+    if not isinstance(state, MutableMapping):
+        raise TypeError(
+            f"{caller} needs a request (with .scope or .environ), an ASGI scope or a WSGI environ"
+        )
+    return state
 
 
 class CapturedRequest:

@@ -7,10 +7,11 @@ serializer applies them last, after redaction, with :func:`apply_edits`. Dotted 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from . import _log
+from .capture import request_state
 
 Mode = Literal["set", "add", "replace"]
 Edit = tuple[str, Any, str]
@@ -30,14 +31,7 @@ def set_serialize_value(request_or_scope: Any, key: str, value: Any, mode: Mode 
     Django's under ASGI) or its scope, a WSGI request (anything with ``.environ``:
     Flask's, Django's under WSGI) or its environ.
     """
-    scope = getattr(request_or_scope, "scope", None)
-    if scope is None:
-        scope = getattr(request_or_scope, "environ", request_or_scope)
-    if not isinstance(scope, MutableMapping):
-        raise TypeError(
-            "set_serialize_value needs a request (with .scope or .environ), an ASGI scope "
-            "or a WSGI environ"
-        )
+    scope = request_state(request_or_scope, "set_serialize_value")
     check_key(key)
     if mode not in _MODES:
         raise ValueError(f"mode must be 'set', 'add' or 'replace', not {mode!r}")

@@ -207,6 +207,12 @@ def _host_name(value: bytes) -> str:
     return text(name.lower())
 
 
+def msec(seconds: float) -> int:
+    """Whole milliseconds, truncated as nginx's clock is (0 for a negative span)."""
+    # Rounding to 1 µs first keeps float noise (0.029 * 1000 == 28.999…) from losing one.
+    return int(round(seconds * 1000, 3)) if seconds > 0 else 0
+
+
 def server_port(scope: Scope) -> int | None:
     """``$server_port``: the port the server accepted the request on; None if unknown."""
     server = scope.get("server")

@@ -14,6 +14,7 @@ import orjson
 
 from . import _log, nginx_vars
 from .custom_fields import EDITS_KEY, apply_edit, apply_edits, request_edits
+from .gateway import UPSTREAM_KEY, Upstream, apply_upstream
 from .routes import matched_route
 
 if TYPE_CHECKING:
@@ -29,13 +30,14 @@ def encode_entry(request: CapturedRequest) -> bytes:
     With the compiled serializer installed (``kafka-log-middleware-native``) and
     ``native_serializer`` on, the same bytes come from one native call. It hands back
     to ``build_entry`` whatever it does not reproduce exactly (``custom_fields``,
-    request edits, unusual types in the scope), deciding so before any hook runs.
+    request edits, a gateway's upstream facts, unusual types in the scope), deciding
+    so before any hook runs.
     """
     if _native is not None:
         config = request.config
         last = _last_plan
         plan = last[1] if last[0] is config else _plan(config)
-        if plan is not None and not config.custom_fields:
+        if plan is not None and not config.custom_fields and UPSTREAM_KEY not in request.scope:
             r = request
             out = _native.encode(
                 plan, r, r.scope, r.status, r.response_headers, r.body_sent, r.body_read,
@@ -137,7 +139,7 @@ def build_entry(request: CapturedRequest) -> dict[str, Any]:
         "response": _response(request, kong3),
         "latencies": _latencies(request, kong3),
         "client_ip": _client_ip(scope),
-        "started_at": _ms(request.started_at),
+        "started_at": nginx_vars.msec(request.started_at),
     }
     if kong3:
         entry["upstream_status"] = str(request.status) if answered else ""
@@ -145,6 +147,10 @@ def build_entry(request: CapturedRequest) -> dict[str, Any]:
         if config.workspace is not None:
             entry["workspace"] = config.workspace
         entry["workspace_name"] = config.workspace_name
+    upstream = scope.get(UPSTREAM_KEY)
+    if isinstance(upstream, Upstream):
+        end = request.t_end or request.t_response or request.t_start
+        apply_upstream(entry, upstream, request.t_start, end, kong3)
     if config.service is not None:
         entry["service"] = dict(config.service)
     for field in ("route", "consumer", "authenticated_entity"):
@@ -238,19 +244,14 @@ def _latencies(request: CapturedRequest, kong3: bool) -> dict[str, int]:
     start = request.t_start
     responded = request.t_response
     end = request.t_end or responded or start
-    proxy = _ms(responded - start) if responded else -1
-    receive = _ms(end - responded) if responded else 0
+    proxy = nginx_vars.msec(responded - start) if responded else -1
+    receive = nginx_vars.msec(end - responded) if responded else 0
     # Kong's own time (entry → app invoked) is 0: the middleware calls the app at once.
     kong = 0
+    total = nginx_vars.msec(end - start)
     if kong3:
-        return {"request": _ms(end - start), "proxy": proxy, "kong": kong, "receive": receive}
-    return {"request": _ms(end - start), "proxy": proxy, "kong": kong + receive}
-
-
-def _ms(seconds: float) -> int:
-    # Whole milliseconds, truncated as nginx's clock is; the rounding to 1 µs first keeps
-    # float noise (0.029 * 1000 == 28.999…) from losing a millisecond.
-    return int(round(seconds * 1000, 3)) if seconds > 0 else 0
+        return {"request": total, "proxy": proxy, "kong": kong, "receive": receive}
+    return {"request": total, "proxy": proxy, "kong": kong + receive}
 
 
 def _client_ip(scope: Any) -> str:

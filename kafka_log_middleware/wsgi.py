@@ -24,6 +24,7 @@ from .capture import DOOR_KEY, CapturedRequest
 from .config import KafkaLogConfig, KafkaLogFields
 from .custom_fields import EDITS_KEY
 from .environ import scope_of
+from .gateway import UPSTREAM_KEY
 from .pipeline import config_of, update_config_of
 from .producers import Producer
 from .publisher import Resolver
@@ -32,7 +33,7 @@ _perf = time.perf_counter
 ROUTE_KEY = "kafka_log_middleware.route"
 """Environ key where a framework integration records the matched route (a
 ``MatchedRoute``); it becomes the entry's ``scope["route"]``."""
-_COPIED_KEYS = (EDITS_KEY, ROUTE_KEY)
+_COPIED_KEYS = (EDITS_KEY, UPSTREAM_KEY, ROUTE_KEY)
 """What the app may add to the environ while it serves, copied at the response's end."""
 
 Environ = dict[str, Any]

@@ -86,8 +86,13 @@ async def consume(
     topic: str,
     count: int,
     timeout: float = 30.0,
+    settle: float = 0.0,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Read ``topic`` from the earliest offset of every partition until ``count`` records arrived.
+
+    ``settle``: then read on for this long, so that a test can show there are no more
+    (for records written before the call, as when the producers have stopped, a second
+    is plenty: they are fetched at once).
 
     No consumer group is used (manual assignment + seek to beginning), so nothing is committed.
     If the topic does not exist yet, waits for it (it is never auto-created by this call).
@@ -114,8 +119,13 @@ async def consume(
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        while len(records) < count:
-            remaining = deadline - time.monotonic()
+        settling = False
+        while True:
+            now = time.monotonic()
+            if len(records) >= count and not settling:
+                settling = True  # count reached: read on for ``settle`` more at most
+                deadline = min(deadline, now + settle)
+            remaining = deadline - now
             if remaining <= 0:
                 break
             batch = await consumer.getmany(timeout_ms=max(1, int(min(remaining, 1.0) * 1000)))

@@ -26,9 +26,10 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse  # noqa
 from django.test import AsyncClient, Client, override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware  # noqa: E402
+from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, set_serialize_value  # noqa: E402
 from kafka_log_middleware.django import KafkaLogMiddleware as DjangoMiddleware  # noqa: E402
 from kafka_log_middleware.django import authenticated_user  # noqa: E402
+from kafka_log_middleware.gateway import upstream  # noqa: E402
 from kafka_log_middleware.wsgi import KafkaLogWSGIMiddleware  # noqa: E402
 from tests import django_project  # noqa: E402
 from tests.kafka_helpers import consume, unique_topic  # noqa: E402
@@ -61,10 +62,18 @@ def signed_in(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"hi")
 
 
+def edited(request: HttpRequest) -> HttpResponse:
+    set_serialize_value(request, "request.order_id", 42)
+    with upstream(request, "/v1/orders").attempt("10.0.0.5", 8080) as attempt:
+        attempt.received(200)
+    return HttpResponse(b"ok")
+
+
 urlpatterns = [
     *django_project.urlpatterns,
     path("stream/", streamed, name="stream"),
     path("me/", signed_in, name="me"),
+    path("edited/", edited, name="edited"),
 ]
 
 
@@ -137,6 +146,26 @@ async def test_the_middleware_is_async_capable(
     assert entry["request"]["uri"] == "/hello/bob"
     said = [r for r in caplog.records if "under uvicorn" in r.getMessage()]
     assert len(said) == 1 and "KafkaLogMiddleware(get_asgi_application())" in said[0].getMessage()
+
+
+@pytest.mark.parametrize("handler", ["sync", "async"])
+async def test_what_views_report_reaches_the_entry(scripted: Scripted, handler: str) -> None:
+    """set_serialize_value() and gateway.upstream() on Django's request (META under
+    WSGI, the scope under ASGI) reach the entry, though the middleware keeps a copy."""
+    with override_settings(KAFKA_LOG={**SCRIPTED, "log_format": "kong3"}):
+        if handler == "sync":
+            client: Any = Client()
+            await asyncio.to_thread(client.get, "/edited/")
+        else:
+            client = AsyncClient()
+            await client.get("/edited/")
+        middleware = middleware_of(client.handler)
+        (entry,) = await asyncio.to_thread(published, scripted, middleware, 1)
+        middleware.close()
+    assert entry["request"]["order_id"] == 42
+    assert entry["upstream_uri"] == "/v1/orders"
+    assert entry["upstream_status"] == "200"
+    assert [t["ip"] for t in entry["tries"]] == ["10.0.0.5"]
 
 
 def test_a_streamed_response_is_counted_when_closed(scripted: Scripted) -> None:

@@ -131,7 +131,7 @@ def check_entries(
     service: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Exactly one entry per exchange in ``topic``, each the whole expected entry."""
-    records = asyncio.run(consume(bootstrap, topic, len(exchanges) + 1, timeout=20))
+    records = asyncio.run(consume(bootstrap, topic, len(exchanges), timeout=20, settle=1))
     ended = time.time()
     assert len(records) == len(exchanges)
     port = int(base_url.rsplit(":", 1)[1])
@@ -231,5 +231,5 @@ def test_sigterm_under_load_delivers_or_counts_every_entry(
         assert stats["enqueued"] == stats["delivered"] + stats["dropped_shutdown"], stats
         assert stats["dropped"] == stats["dropped_shutdown"], stats
     delivered = sum(r["delivered"] for r in reports)
-    records = asyncio.run(consume(kafka_bootstrap, topic, delivered + 1, timeout=10))
+    records = asyncio.run(consume(kafka_bootstrap, topic, delivered, timeout=10, settle=1))
     assert len(records) == delivered

@@ -173,7 +173,7 @@ def test_concurrent_requests_each_yield_exactly_one_matching_entry(
     assert stats["enqueued"] == stats["delivered"] == REQUESTS
     assert stats["dropped"] == stats["pending"] == 0
 
-    records = asyncio.run(consume(kafka_bootstrap, topic, REQUESTS + 1, timeout=5))
+    records = asyncio.run(consume(kafka_bootstrap, topic, REQUESTS, timeout=10, settle=1))
     assert len(records) == REQUESTS
     seen: set[int] = set()
     for record in records:

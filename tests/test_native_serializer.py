@@ -36,7 +36,7 @@ import orjson
 import pytest
 from starlette.routing import Mount, Route
 
-from kafka_log_middleware import serializer
+from kafka_log_middleware import nginx_vars, serializer
 from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig, LogFormat
@@ -982,7 +982,7 @@ def test_milliseconds_are_truncated_like_the_python_path(seconds: float, ms: int
     assert type(result) is bytes
     latencies = orjson.loads(result)["latencies"]
     assert latencies["proxy"] == ms
-    assert latencies["request"] == serializer._ms(2 * seconds)
+    assert latencies["request"] == nginx_vars.msec(2 * seconds)
     assert _bytes(result) == _python(request)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 import pytest
 
-from kafka_log_middleware import _log, serializer
+from kafka_log_middleware import _log, nginx_vars, serializer
 from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig, LogFormat
@@ -740,7 +740,7 @@ def test_kong3_entry_bytes_in_key_order() -> None:
 def test_milliseconds_are_truncated_after_rounding_to_a_microsecond(
     seconds: float, ms: int
 ) -> None:
-    assert serializer._ms(seconds) == ms
+    assert nginx_vars.msec(seconds) == ms
 
 
 def test_the_service_in_an_entry_is_a_copy_of_the_configured_one() -> None:
