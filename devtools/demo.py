@@ -1,12 +1,17 @@
 """``python -m devtools.demo`` (or ``scripts/demo``): the middleware end to end, locally.
 
-Starts a single-node Kafka broker and the example app (``example_app.app:app``) under
-uvicorn, both on 127.0.0.1, sends a handful of requests that show each feature, prints the
-Kong log entries they produced in the ``kong-log-demo`` topic and the middleware's counters,
-then stops the app (SIGTERM: the lifespan shutdown flushes) and the broker.
+Starts a single-node Kafka broker and an example app, both on 127.0.0.1, sends a handful
+of requests that show each feature, prints the Kong log entries they produced in the
+``kong-log-demo`` topic and the middleware's counters, then stops the app and the broker.
+
+``--app`` picks the example (the same routes in each): ``fastapi`` (the default,
+``example_app.app:app`` under uvicorn; SIGTERM runs the lifespan shutdown, which
+flushes), ``flask`` (``example_app.flask_app:app``) or ``django``
+(``example_app.django_project.wsgi:application``), both under gunicorn with two workers
+(SIGTERM: each worker flushes what is pending as it exits; the counters are per worker).
 
 ``--keep-running`` leaves both running, prints how to watch further entries, and stops them
-on Ctrl-C. Whatever happens, nothing is left behind: no broker JVM, no uvicorn.
+on Ctrl-C. Whatever happens, nothing is left behind: no broker JVM, no app server.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -37,7 +42,6 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from devtools.kafka_broker import LOOPBACK, REPO_ROOT, KafkaBroker, ensure_jars, free_port
 
 TOPIC = "kong-log-demo"
-APP = "example_app.app:app"
 CONSUME_TIMEOUT = 30.0
 APP_START_TIMEOUT = 60.0
 APP_STOP_TIMEOUT = 20.0
@@ -87,17 +91,88 @@ class DemoError(Exception):
     """A step of the demo failed; the message says which and why."""
 
 
-# -- the example app under uvicorn ------------------------------------------------------------
+# -- the example apps and their servers -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoApp:
+    """An example app and the server that runs it (``uvicorn`` or ``gunicorn``)."""
+
+    target: str
+    server: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def command(self, port: int) -> list[str]:
+        """The server's command line, listening on 127.0.0.1:``port``."""
+        if self.server == "uvicorn":
+            return [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                self.target,
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(port),
+                "--lifespan",
+                "on",
+                "--no-access-log",
+            ]
+        # --preload: the master imports the app before it binds, so an open port means the
+        # app loaded, and an app that fails to load ends gunicorn during start-up.
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            "2",
+            "--preload",
+            "--bind",
+            f"{LOOPBACK}:{port}",
+            self.target,
+        ]
+
+    def stopped(self, rc: int, log: str) -> str:
+        """How the server's exit (code ``rc``, its ``log``) tells the flush went."""
+        if self.server == "uvicorn":
+            # uvicorn re-raises the SIGTERM after its graceful shutdown: rc is -15.
+            if "Application shutdown complete" in log:
+                return "SIGTERM: lifespan shutdown complete, log flushed"
+            return f"exit {rc}, no clean lifespan shutdown"
+        if rc == 0 and "Shutting down: Master" in log:
+            return "SIGTERM: gunicorn's graceful shutdown; each worker flushes as it exits"
+        return f"exit {rc}, no clean gunicorn shutdown"
+
+    @property
+    def stats_note(self) -> str:
+        """What the stats endpoint's counters cover, when not the whole app."""
+        if self.server == "gunicorn":
+            return ": the worker that answered; each of the 2 counts its own requests"
+        return ""
+
+
+APPS = {
+    "fastapi": DemoApp("example_app.app:app", "uvicorn"),
+    "flask": DemoApp("example_app.flask_app:app", "gunicorn"),
+    "django": DemoApp(
+        "example_app.django_project.wsgi:application",
+        "gunicorn",
+        {"DJANGO_SETTINGS_MODULE": "example_app.django_project.settings"},
+    ),
+}
 
 
 class AppProcess:
-    """``uvicorn example_app.app:app`` as a child process on 127.0.0.1 (own session)."""
+    """An example app's server as a child process on 127.0.0.1 (own session)."""
 
-    def __init__(self, bootstrap_servers: str, port: int | None, logdir: Path) -> None:
+    def __init__(
+        self, app: DemoApp, bootstrap_servers: str, port: int | None, logdir: Path
+    ) -> None:
+        self.example = app
         self.bootstrap_servers = bootstrap_servers
         self.fixed_port = port
         self.port = port or 0
-        self.log_path = logdir / "uvicorn.log"
+        self.log_path = logdir / f"{app.server}.log"
         self._log: IO[bytes] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -127,20 +202,9 @@ class AppProcess:
             KAFKA_LOG_TOPIC=TOPIC,
             KAFKA_LOG_PRODUCER_ASYNC_FLUSH_TIMEOUT="100",
             PYTHONUNBUFFERED="1",
+            **self.example.env,
         )
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            APP,
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(self.port),
-            "--lifespan",
-            "on",
-            "--no-access-log",
-        ]
+        cmd = self.example.command(self.port)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
@@ -152,7 +216,8 @@ class AppProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the demo only; it stops the app itself
         )
-        # uvicorn binds its socket only after the lifespan startup completed.
+        # uvicorn binds its socket only after the lifespan startup completed, gunicorn
+        # (--preload) only after it imported the app.
         deadline = time.monotonic() + APP_START_TIMEOUT
         while not _port_open(self.port):
             rc = self._proc.poll()
@@ -174,7 +239,8 @@ class AppProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self) -> int | None:
-        """SIGTERM (uvicorn runs the lifespan shutdown: the middleware flushes), else SIGKILL."""
+        """SIGTERM (uvicorn runs the lifespan shutdown, gunicorn's workers exit: the
+        middleware flushes), else SIGKILL after APP_STOP_TIMEOUT."""
         proc, self._proc = self._proc, None
         rc: int | None = None
         if proc is not None:
@@ -184,9 +250,9 @@ class AppProcess:
             try:
                 rc = proc.wait(timeout=APP_STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                _kill_group(proc.pid)
                 rc = proc.wait()
+            _kill_group(proc.pid)  # a worker the server left behind (none, normally)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -198,6 +264,12 @@ class AppProcess:
         except OSError:
             return "<no app log>"
         return data[-max_bytes:].decode(errors="replace")
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL what is left of the server's session (its own process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def _port_open(port: int) -> bool:
@@ -287,6 +359,8 @@ async def run_requests(app: AppProcess, broker: KafkaBroker) -> None:
         say(f"\n== log entries in topic {TOPIC!r} (one per request; waiting up to 30 s)")
         started = time.monotonic()
         entries = await consume_entries(bootstrap, TOPIC, partition, len(REQUESTS), CONSUME_TIMEOUT)
+        # In request order: several workers publish side by side, each with its producer.
+        entries.sort(key=lambda entry: int(entry.get("started_at") or 0))
         for number, entry in enumerate(entries, 1):
             request = entry.get("request", {})
             status = entry.get("response", {}).get("status")
@@ -295,7 +369,7 @@ async def run_requests(app: AppProcess, broker: KafkaBroker) -> None:
         say(f"\n{len(entries)} of {len(REQUESTS)} entries in {time.monotonic() - started:.1f} s")
 
         response = await client.get(STATS_PATH)
-        say(f"\n== middleware stats (GET {STATS_PATH})")
+        say(f"\n== middleware stats (GET {STATS_PATH}{app.example.stats_note})")
         say(orjson.dumps(response.json(), option=orjson.OPT_INDENT_2).decode())
         if len(entries) < len(REQUESTS):
             raise DemoError(
@@ -310,7 +384,7 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def _no_interrupts() -> Iterator[None]:
-    """Let cleanup finish: a second Ctrl-C must not leave a JVM or uvicorn behind."""
+    """Let cleanup finish: a second Ctrl-C must not leave a JVM or an app server behind."""
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -346,12 +420,20 @@ def keep_running(app: AppProcess, broker: KafkaBroker) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__)
     parser.add_argument(
+        "--app",
+        choices=list(APPS),
+        default="fastapi",
+        help="the example app: fastapi (uvicorn; the default), flask or django (gunicorn, "
+        "2 workers)",
+    )
+    parser.add_argument(
         "--keep-running",
         action="store_true",
         help="leave the broker and the app running after the demo, until Ctrl-C",
     )
     parser.add_argument("--port", type=int, default=None, help="app port (default: a free one)")
     args = parser.parse_args(argv)
+    demo_app = APPS[args.app]
 
     # Both stop the demo through the cleanup below (SIGINT too: a shell that started us in
     # the background may have set it to "ignore").
@@ -372,8 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(pid {broker.pid})"
         )
 
-        app = AppProcess(broker.bootstrap_servers, args.port, workdir)
-        say(f"== starting {APP} under uvicorn (KAFKA_LOG_TOPIC={TOPIC}) ...")
+        app = AppProcess(demo_app, broker.bootstrap_servers, args.port, workdir)
+        say(f"== starting {demo_app.target} under {demo_app.server} (KAFKA_LOG_TOPIC={TOPIC}) ...")
         app_started = time.monotonic()
         app.start()
         say(f"   {app.url} ready in {time.monotonic() - app_started:.1f} s (pid {app.pid})")
@@ -396,16 +478,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if app is not None:
                 rc = app.stop()
                 if rc is not None:
-                    # uvicorn re-raises the SIGTERM after its graceful shutdown: rc is -15.
-                    if "Application shutdown complete" in app.log_tail(max_bytes=20000):
-                        say("== app stopped (SIGTERM: lifespan shutdown complete, log flushed)")
-                    else:
-                        say(f"== app stopped (exit {rc}, no clean lifespan shutdown)")
+                    how = app.example.stopped(rc, app.log_tail(max_bytes=20000))
+                    say(f"== app stopped ({how})")
             if broker is not None:
                 broker.stop()
                 say("== broker stopped")
             if failed:
-                say(f"== logs kept in {workdir} (broker.log, uvicorn.log)")
+                say(f"== logs kept in {workdir} (broker.log, {demo_app.server}.log)")
             else:
                 shutil.rmtree(workdir, ignore_errors=True)
             say(f"== done in {time.monotonic() - started:.1f} s")

@@ -1,1 +1,2 @@
-"""A FastAPI app wired with KafkaLogMiddleware, for the demo and the README."""
+"""The demo apps: FastAPI (``app.py``), Flask (``flask_app.py``), a Django project
+(``django_project/``), and a Starlette gateway (``gateway.py``), all logged by this package."""
