@@ -14,49 +14,54 @@ from typing import Any
 
 from .types import Scope
 
-_HEADER_NAMES: dict[str, bytes] = {
+_UNSEEN = b""
+_HEADER_NAMES: dict[str, bytes | None] = {
     "CONTENT_TYPE": b"content-type",
     "CONTENT_LENGTH": b"content-length",
 }
-"""Environ keys of request headers → their ASGI names (grows with the names seen)."""
+"""Environ keys seen → their ASGI header name, or None for what is no header (grows with
+the keys seen, up to ``_MAX_HEADER_NAMES``: one dict lookup per key on the request path)."""
 _MAX_HEADER_NAMES = 1024
 
 
 def scope_of(environ: dict[str, Any]) -> Scope:
     """The ASGI HTTP scope of ``environ``'s request (a copy: nothing of ``environ`` kept)."""
-    headers = []
+    headers: list[tuple[bytes, bytes]] = []
+    append = headers.append
     names = _HEADER_NAMES
     for key, value in environ.items():
-        name = names.get(key)
+        name = names.get(key, _UNSEEN)
         if name is None:
-            if key[:5] != "HTTP_" or type(value) is not str:
-                continue
-            name = _header_name(key)
-        elif type(value) is not str or not value:  # CONTENT_* may be present but empty
             continue
-        headers.append((name, value.encode("latin-1", "replace")))
-    protocol: str = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
+        if name is _UNSEEN:
+            name = _header_name(key)
+            if name is None:
+                continue
+        if type(value) is str and value:  # CONTENT_* may be present but empty
+            append((name, value.encode("latin-1", "replace")))
+    get = environ.get
+    protocol: str = get("SERVER_PROTOCOL", "HTTP/1.1")
     scope: Scope = {
         "type": "http",
         "http_version": protocol[5:] if protocol[:5] == "HTTP/" else protocol,
-        "method": environ.get("REQUEST_METHOD", "GET"),
-        "scheme": environ.get("wsgi.url_scheme", "http"),
-        "path": _unwsgi(environ.get("PATH_INFO", "")) or "/",
-        "query_string": environ.get("QUERY_STRING", "").encode("latin-1", "replace"),
-        "root_path": _unwsgi(environ.get("SCRIPT_NAME", "")),
+        "method": get("REQUEST_METHOD", "GET"),
+        "scheme": get("wsgi.url_scheme", "http"),
+        "path": _unwsgi(get("PATH_INFO", "")) or "/",
+        "query_string": get("QUERY_STRING", "").encode("latin-1", "replace"),
+        "root_path": _unwsgi(get("SCRIPT_NAME", "")),
         "headers": headers,
-        "client": _address(environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT")),
-        "server": _address(environ.get("SERVER_NAME"), environ.get("SERVER_PORT")),
+        "client": _address(get("REMOTE_ADDR"), get("REMOTE_PORT")),
+        "server": _address(get("SERVER_NAME"), get("SERVER_PORT")),
     }
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    raw = get("RAW_URI") or get("REQUEST_URI")
     if raw:
         scope["raw_path"] = raw.encode("latin-1", "replace").partition(b"?")[0]
     return scope
 
 
-def _header_name(key: str) -> bytes:
-    """``HTTP_X_FORWARDED_FOR`` → ``b"x-forwarded-for"``, remembered for next time."""
-    name = key[5:].replace("_", "-").lower().encode("latin-1")
+def _header_name(key: str) -> bytes | None:
+    """``HTTP_X_FORWARDED_FOR`` → ``b"x-forwarded-for"``, other keys → None; remembered."""
+    name = key[5:].replace("_", "-").lower().encode("latin-1") if key[:5] == "HTTP_" else None
     if len(_HEADER_NAMES) < _MAX_HEADER_NAMES:
         _HEADER_NAMES[key] = name
     return name

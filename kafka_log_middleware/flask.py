@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Unpack
 
-from flask import Flask, request
+from flask import Flask, Request, request
+from werkzeug.routing import Rule
 
 from .config import KafkaLogConfig, KafkaLogFields
 from .publisher import Resolver
@@ -20,6 +21,8 @@ from .wsgi import ROUTE_KEY, KafkaLogWSGIMiddleware
 
 EXTENSION = "kafka_log"
 """The key of the app's middleware in ``app.extensions``."""
+_ROUTE_ATTR = "_kafka_log_route"
+"""Where a ``Rule`` keeps its ``MatchedRoute``."""
 
 
 class KafkaLog:
@@ -75,6 +78,17 @@ def _settings(settings: Any) -> KafkaLogConfig:
 
 
 def _record_route() -> None:
-    rule = request.url_rule
+    # One context lookup (werkzeug's documented LocalProxy API), not one per attribute.
+    current: Request = request._get_current_object()  # type: ignore[attr-defined]
+    rule = current.url_rule
     if rule is not None:
-        request.environ[ROUTE_KEY] = MatchedRoute(rule.endpoint, rule.rule, rule.methods)
+        current.environ[ROUTE_KEY] = _route_of(rule)
+
+
+def _route_of(rule: Rule) -> MatchedRoute:
+    """The route of ``rule``, made once per rule (an app has a fixed set of them)."""
+    route: MatchedRoute | None = getattr(rule, _ROUTE_ATTR, None)
+    if route is None:
+        route = MatchedRoute(rule.endpoint, rule.rule, rule.methods)
+        setattr(rule, _ROUTE_ATTR, route)
+    return route

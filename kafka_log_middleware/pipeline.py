@@ -92,9 +92,10 @@ class Pipeline:
         takes over the entries not handed to Kafka yet; what its client held is counted
         ``uncertain``, what cannot be delivered within ``shutdown_timeout`` ``shutdown``.
         """
-        publisher, self.publisher = self.publisher, None
+        publisher = self.publisher
         if publisher is None or self._pid != os.getpid() or not self.buffer.pending:
-            return
+            return  # nothing to flush: whoever runs the loop still closes the publisher
+        self.publisher = None
         timeout = self.config.shutdown_timeout / 1000
         loop = publisher.loop
         if loop.is_running():  # still serving from another thread

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 import threading
 import types
@@ -23,6 +24,7 @@ from kafka_log_middleware.routes import MatchedRoute
 from kafka_log_middleware.wsgi import ROUTE_KEY, KafkaLogWSGIMiddleware
 from tests.polling import wait_until
 from tests.scripted import Scripted, config, invariant_problems
+from tests.servers import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -617,3 +619,26 @@ def test_config_object_repr_and_stats_keys(middlewares: list[KafkaLogWSGIMiddlew
     assert middleware.config is settings
     assert repr(middleware).startswith("KafkaLogWSGIMiddleware(KafkaLogConfig(")
     assert middleware.stats()["enqueued"] == 0 and middleware.producers() == []
+
+
+EXIT_SCRIPT = """
+import time
+from kafka_log_middleware import KafkaLogConfig, KafkaLogWSGIMiddleware
+config = KafkaLogConfig(bootstrap_servers=("127.0.0.1:{port}",), topic="t", shutdown_timeout=500)
+app = KafkaLogWSGIMiddleware(lambda environ, start_response: [], config)
+app._background.started()  # as the first request does
+time.sleep(0.3)  # the producer is trying to connect
+print("serving")
+"""
+
+
+def test_interpreter_exit_with_nothing_pending_closes_the_background_cleanly() -> None:
+    """atexit with an empty buffer (everything delivered, or nothing logged yet): the
+    publisher and the connecting producer are closed, not left for asyncio to complain."""
+    script = EXIT_SCRIPT.format(port=free_port())
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "serving"
+    assert "Task was destroyed" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
