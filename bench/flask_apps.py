@@ -3,8 +3,10 @@
 ``GET /hello/<name>?a=1&b=2`` returns a small JSON body. Variants:
 
 - ``bare``: the Flask app alone.
-- ``middleware``: with the ``KafkaLog`` extension (the WSGI door), configured from
-  ``KAFKA_LOG_*``; ``GET /_stats`` returns this worker's ``stats()``.
+- ``middleware``: with the ``KafkaLog`` extension (the WSGI door, and the matched rule
+  as the route), configured from ``KAFKA_LOG_*``; ``GET /_stats`` returns this worker's
+  ``stats()``.
+- ``door``: ``KafkaLogWSGIMiddleware`` around ``app.wsgi_app`` alone (no route).
 
 Run: ``BENCH_VARIANT=middleware gunicorn -w 1 bench.flask_apps:app``.
 """
@@ -16,10 +18,10 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 
-from kafka_log_middleware import KafkaLogConfig
+from kafka_log_middleware import KafkaLogConfig, KafkaLogWSGIMiddleware
 from kafka_log_middleware.flask import KafkaLog
 
-VARIANTS = ("bare", "middleware")
+VARIANTS = ("bare", "middleware", "door")
 
 
 def build(variant: str) -> Flask:
@@ -35,6 +37,11 @@ def build(variant: str) -> Flask:
 
     if variant == "middleware":
         KafkaLog(flask, KafkaLogConfig.from_env())
+    elif variant == "door":
+        door = KafkaLogWSGIMiddleware(flask.wsgi_app, KafkaLogConfig.from_env())
+        flask.wsgi_app = door  # type: ignore[method-assign]
+        flask.extensions["kafka_log"] = door
+    if variant != "bare":
 
         @flask.get("/_stats")
         def stats() -> Any:

@@ -66,6 +66,12 @@ def variants(bootstrap: str, down: str) -> list[Variant]:
             {"KAFKA_LOG_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_LOG_TOPIC": TOPIC},
         ),
         Variant(
+            "door",
+            "KafkaLogWSGIMiddleware alone (aiokafka, no route)",
+            "door",
+            {"KAFKA_LOG_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_LOG_TOPIC": TOPIC},
+        ),
+        Variant(
             "kafka_log_down",
             "KafkaLog (WSGI door, aiokafka), broker down",
             "middleware",
@@ -145,7 +151,7 @@ def measure(
     with server(variant, log) as srv:
         run_wrk(srv.port, args.warmup, args, script)
         time.sleep(SETTLE)
-        logged = variant.app == "middleware"
+        logged = variant.app != "bare"
         before = get_stats(srv.port) if logged else None
         cpu0, busy0, t0 = srv.cpu_seconds(), machine_busy_seconds(), time.monotonic()
         result = run_wrk(srv.port, args.duration, args, script)

@@ -31,7 +31,7 @@ class BackgroundPipeline:
     """A ``Pipeline`` whose publisher runs in this process's background loop thread."""
 
     def __init__(self, config: KafkaLogConfig, resolver: Resolver | None = None) -> None:
-        self.pipeline = Pipeline(config, resolver)
+        self.pipeline = Pipeline(config, resolver, threaded=True)
         """Look ``pipeline.buffer`` up per request: a forked child gets a new one."""
         self.runner: LoopThread | None = None
         """This process's background loop (None until the first request, and after close)."""

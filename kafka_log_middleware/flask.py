@@ -4,14 +4,16 @@
 ``app.wsgi_app`` in a ``KafkaLogWSGIMiddleware`` configured from
 ``app.config["KAFKA_LOG"]`` (a dict of Kong's field names, or a ``KafkaLogConfig``),
 keeps it in ``app.extensions["kafka_log"]``, and records the matched ``url_rule`` as the
-entry's route (``name``: the endpoint, ``paths``: the rule, ``methods``).
+entry's route (``name``: the endpoint, ``paths``: the rule, ``methods``). The route is
+recorded by a subclass of ``app.request_class`` that ``init_app`` puts in its place: set
+your own ``request_class`` before ``init_app``, not after.
 """
 
 from __future__ import annotations
 
 from typing import Any, Unpack
 
-from flask import Flask, Request, request
+from flask import Flask, Request
 from werkzeug.routing import Rule
 
 from .config import KafkaLogConfig, KafkaLogFields
@@ -61,7 +63,7 @@ class KafkaLog:
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION] = middleware
-        app.before_request(_record_route)
+        app.request_class = _recording(app.request_class)
 
     @staticmethod
     def middleware(app: Flask) -> KafkaLogWSGIMiddleware:
@@ -77,12 +79,28 @@ def _settings(settings: Any) -> KafkaLogConfig:
     return KafkaLogConfig.from_settings(settings, 'app.config["KAFKA_LOG"]')
 
 
-def _record_route() -> None:
-    # One context lookup (werkzeug's documented LocalProxy API), not one per attribute.
-    current: Request = request._get_current_object()  # type: ignore[attr-defined]
-    rule = current.url_rule
-    if rule is not None:
-        current.environ[ROUTE_KEY] = _route_of(rule)
+def _recording(request_class: type[Request]) -> type[Request]:
+    """``request_class`` whose ``url_rule``, set by Flask when it matched the request,
+    also records the rule's route in the environ: the cheapest place to learn it (a
+    ``before_request`` function costs Flask's hook dispatch on every request)."""
+    if isinstance(request_class.__dict__.get("url_rule"), _RouteRecorder):
+        return request_class
+    namespace = {"url_rule": _RouteRecorder(), "__module__": request_class.__module__}
+    return type(request_class.__name__, (request_class,), namespace)
+
+
+class _RouteRecorder:
+    """The ``url_rule`` attribute of ``_recording``'s request classes."""
+
+    def __get__(self, request: Request | None, owner: type[Request]) -> Any:
+        if request is None:
+            return self
+        return request.__dict__.get("url_rule")
+
+    def __set__(self, request: Request, rule: Rule | None) -> None:
+        request.__dict__["url_rule"] = rule
+        if rule is not None:
+            request.environ[ROUTE_KEY] = _route_of(rule)
 
 
 def _route_of(rule: Rule) -> MatchedRoute:

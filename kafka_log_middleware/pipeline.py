@@ -27,12 +27,16 @@ _running_loop = asyncio.get_running_loop
 class Pipeline:
     """The buffer, publishers and producers behind a middleware, for one config at a time."""
 
-    def __init__(self, config: KafkaLogConfig, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self, config: KafkaLogConfig, resolver: Resolver | None = None, threaded: bool = False
+    ) -> None:
         self.config = config
         """The configuration in force for new requests."""
         self.publisher: Publisher | None = None
         """The publisher of the loop that serves (None until the first start)."""
         self._resolver = resolver
+        self._threaded = threaded
+        """Fed from other threads than the publisher's (see ``THREADED_ENCODE_DELAY``)."""
         self.buffer = LogBuffer(config.producer_async_buffering_limits_messages_in_memory)
         """Where a door puts each finished request (``put`` never blocks; replaced in a
         forked worker, so look it up per request)."""
@@ -73,7 +77,11 @@ class Pipeline:
             self._exit_pid = os.getpid()
             _flush_at_exit(self)
         self.publisher = Publisher(
-            self.buffer, lambda: self.config, cache_for_running_loop(), self._resolver
+            self.buffer,
+            lambda: self.config,
+            cache_for_running_loop(),
+            self._resolver,
+            self._threaded,
         )
         if old is not None:  # its loop has ended: what it had not sent goes from this one
             self.publisher.take_over(old)

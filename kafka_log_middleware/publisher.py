@@ -48,6 +48,11 @@ ENCODE_AT = 32
 """Buffered entries that wake the publisher to encode them."""
 ENCODE_DELAY = 0.01
 """Longest a captured request waits in the buffer before it is encoded, in seconds."""
+THREADED_ENCODE_AT = 1024
+THREADED_ENCODE_DELAY = 0.05
+"""The same for a publisher fed from other threads (the WSGI door's workers): each wake
+of its loop hands the GIL over and back, which costs far more than a turn of a loop the
+request path runs in, so it wakes 20 times a second at most under load."""
 _READY_POLL = 0.25
 """How often an outbox waiting for its producer's connection looks again, in seconds."""
 
@@ -113,9 +118,12 @@ class Publisher:
         current_config: Callable[[], KafkaLogConfig],
         cache: ProducerCache,
         resolver: Resolver | None = None,
+        threaded: bool = False,
     ) -> None:
         self.buffer = buffer
         self.loop = asyncio.get_running_loop()
+        self._encode_at = THREADED_ENCODE_AT if threaded else ENCODE_AT
+        self._encode_delay = THREADED_ENCODE_DELAY if threaded else ENCODE_DELAY
         self._config = current_config
         self._cache = cache
         self._resolver = resolver
@@ -257,9 +265,9 @@ class Publisher:
             timers = [self._release_in(config)]
             head = self.buffer.peek()
             if head is not None:
-                encode_in = min(ENCODE_DELAY, head.config.producer_async_flush_timeout / 1000)
+                encode_in = min(self._encode_delay, head.config.producer_async_flush_timeout / 1000)
                 encode_in -= time.perf_counter() - head.t_end
-                if encode_in <= 0 or len(self.buffer) >= ENCODE_AT:
+                if encode_in <= 0 or len(self.buffer) >= self._encode_at:
                     return
                 timers.append(encode_in)
             for box in self._outboxes.values():
@@ -276,7 +284,8 @@ class Publisher:
                     timers.append(retry.due - now)
             waits = [t for t in timers if t is not None]
             # An empty buffer wakes on its first entry, to start that entry's encode timer.
-            await self.buffer.wait(1 if head is None else ENCODE_AT, min(waits) if waits else None)
+            count = 1 if head is None else self._encode_at
+            await self.buffer.wait(count, min(waits) if waits else None)
 
     def _due_in(self, box: _Outbox, now: float) -> float | None:
         """Seconds until ``box`` is to be handed over (<= 0: now); None when empty."""

@@ -12,7 +12,7 @@ import pytest
 
 flask = pytest.importorskip("flask")
 
-from flask import Flask, request  # noqa: E402
+from flask import Flask, Request, request  # noqa: E402
 
 from kafka_log_middleware import InvalidConfig, KafkaLogWSGIMiddleware, set_serialize_value  # noqa: E402
 from kafka_log_middleware.flask import KafkaLog  # noqa: E402
@@ -89,6 +89,28 @@ def test_kafka_log_app_reads_app_config_and_logs_the_url_rule(
     assert hello["response"]["status"] == 200
     assert {h.topic for h in scripted.handovers()} == {"flask-logs"}
     assert missing["response"]["status"] == 404 and "route" not in missing
+
+
+def test_the_app_s_own_request_class_keeps_working_and_records_the_route(
+    scripted: Scripted, apps: list[Flask]
+) -> None:
+    """The route comes from a subclass of ``app.request_class``: the app's own class
+    (set before ``init_app``) stays in charge of everything else."""
+
+    class AppRequest(Request):
+        max_content_length = 4
+
+    app = make_app(apps, KAFKA_LOG=SETTINGS)
+    app.request_class = AppRequest
+    KafkaLog(app)
+    assert issubclass(app.request_class, AppRequest) and app.request_class is not AppRequest
+    assert app.request_class.__name__ == "AppRequest"
+    response = app.test_client().post("/hello/big", data=b"12345", buffered=True)
+    assert response.status_code in (405, 413)  # the app's limit or its methods, not ours
+    assert get(app, "/hello/ok").status_code == 200
+    entries = sorted(published(scripted, app, 2), key=lambda e: e["request"]["method"])
+    assert entries[0]["route"]["name"] == "hello"  # GET /hello/ok
+    assert entries[1]["request"]["method"] == "POST"
 
 
 def test_init_app_suits_an_application_factory(scripted: Scripted, apps: list[Flask]) -> None:
