@@ -113,7 +113,7 @@ class ConfluentProducer(Producer):
             batch = [{"value": v} if k is None else {"value": v, "key": k} for k, v in chunk]
             try:
                 queued = self._producer.produce_batch(topic, batch, on_delivery=report.delivered)
-            except (BufferError, confluent_kafka.KafkaException, TypeError) as exc:
+            except Exception as exc:  # whatever it was, librdkafka took none of the chunk
                 report.failed(fitting[start:], _refusal(exc))
                 return
             if queued < len(batch):  # librdkafka marks the ones it refused

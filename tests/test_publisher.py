@@ -141,6 +141,39 @@ async def test_entry_over_the_size_limit_is_counted_as_too_large(
     assert stats["delivered"] == 1 and stats["dropped_too_large"] == 1, stats
 
 
+class _FailingClient:
+    """A ``confluent_kafka.Producer`` whose ``produce_batch`` fails as no documented
+    error does (a client bug, an API missing from an old version)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def produce_batch(self, *args: Any, **kwargs: Any) -> int:
+        raise AttributeError("produce_batch")
+
+
+async def test_a_client_failing_unexpectedly_is_counted_once(kafka_bootstrap: str) -> None:
+    """The too-large entry is counted by the backend before it calls the client; the
+    client's unexpected failure then counts the rest, once, as kafka_error."""
+    settings = config(kafka_bootstrap, "confluent", producer_request_limits_bytes_per_request=1000)
+    middleware = KafkaLogMiddleware(app(), settings)
+    big = [(b"host", b"x"), (b"x-padding", b"p" * 2000)]
+    async with lifespan(middleware):
+        [producer] = middleware.producers()
+        assert await producer.wait_ready(30)
+        producer._producer = _FailingClient(producer._producer)  # type: ignore[attr-defined]
+        await request(middleware, http_scope("/orders", headers=big))
+        await request(middleware, http_scope("/orders"))
+        await eventually(lambda: middleware.stats()["pending"] == 0)
+    stats = middleware.stats()
+    assert stats["enqueued"] == 2 and stats["dropped"] == 2, stats
+    assert stats["dropped_too_large"] == 1 and stats["dropped_kafka_error"] == 1, stats
+    assert stats["uncertain"] == stats["delivered"] == 0, stats
+
+
 async def test_entry_the_broker_refuses_is_counted_not_retried(
     kafka_bootstrap: str, backend: str
 ) -> None:
