@@ -148,7 +148,8 @@ class ConfluentProducer(Producer):
 
 def _in_a_thread(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     """``call(*args)`` on a thread of its own (``asyncio.to_thread`` refuses to run at
-    interpreter exit, where the exit flush may need it)."""
+    interpreter exit, where the exit flush may need it); where no thread may start any
+    more (Python >= 3.12 at exit), in the loop's own thread: nothing else runs then."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
 
@@ -167,7 +168,10 @@ def _in_a_thread(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(settle, result, error)
 
-    threading.Thread(target=run, name="kafka-log-metadata", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="kafka-log-metadata", daemon=True).start()
+    except RuntimeError:  # "can't create new thread at interpreter shutdown"
+        run()
     return future
 
 
