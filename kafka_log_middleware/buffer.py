@@ -219,11 +219,14 @@ class LogBuffer:
     def stats(self) -> dict[str, int]:
         """Counters as a dict; ``enqueued == delivered + dropped + uncertain + pending``."""
         # Read from any thread while others count: settled counters first, then ``full``,
-        # then ``enqueued`` (each entry is enqueued before it settles), and derive the
-        # totals from the values read, so that the invariant holds in every snapshot.
+        # then the buffer's length, then ``enqueued`` (each entry is enqueued before it is
+        # buffered, and leaves the buffer before it settles), and derive the totals from
+        # the values read, so that the invariant (and buffered <= pending) holds in every
+        # snapshot.
         delivered, uncertain = self.delivered, self.uncertain
         drops = dict(self.drops)
         drops["buffer_full"] = self.full
+        buffered = len(self._items)
         enqueued = self.enqueued
         dropped = sum(drops.values())
         stats = {
@@ -232,7 +235,7 @@ class LogBuffer:
             "dropped": dropped,
             "uncertain": uncertain,
             "pending": enqueued - delivered - dropped - uncertain,
-            "buffered": len(self._items),
+            "buffered": buffered,
             "retried": self.retried,
         }
         for reason, count in drops.items():
