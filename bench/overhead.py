@@ -188,8 +188,26 @@ def server(variant: Variant, log_path: Path) -> Iterator[Server]:
         "--log-level",
         "warning",
     ]
+    with serving(cmd, env, port, variant.name, log_path, signal.SIGINT, 20) as proc:
+        yield Server(proc, port)
+
+
+@contextlib.contextmanager
+def serving(
+    cmd: list[str],
+    env: dict[str, str],
+    port: int,
+    name: str,
+    log_path: Path,
+    stop: signal.Signals,
+    stop_timeout: float,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run the server ``cmd``, ``python -m <server> …`` (its output appended to
+    ``log_path``), until it answers ``GET PATH`` on ``port``; at the block's end stop it
+    with ``stop`` (killed after ``stop_timeout`` s)."""
+    server_name = cmd[2]
     with log_path.open("ab") as log:
-        log.write(f"=== {variant.name} on port {port}\n".encode())
+        log.write(f"=== {name} on port {port}\n".encode())
         log.flush()
         proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
@@ -199,20 +217,20 @@ def server(variant: Variant, log_path: Path) -> Iterator[Server]:
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(
-                    f"{variant.name}: uvicorn exited ({proc.returncode}), see {log_path}"
+                    f"{name}: {server_name} exited ({proc.returncode}), see {log_path}"
                 )
             with contextlib.suppress(OSError):
                 if http_get(port, PATH, timeout=1.0)[0] == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{variant.name}: uvicorn not serving within 30 s")
+                raise RuntimeError(f"{name}: {server_name} not serving within 30 s")
             time.sleep(0.1)
-        yield Server(proc, port)
+        yield proc
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(stop)
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=stop_timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -289,7 +307,7 @@ def _self_cpu() -> float:
 # -- one run --------------------------------------------------------------------------------
 
 
-def _drained(port: int, timeout: float) -> dict[str, int]:
+def drained(port: int, timeout: float = 15.0) -> dict[str, int]:
     """Poll ``/_stats`` until nothing is pending (or ``timeout``); the last stats."""
     deadline = time.monotonic() + timeout
     stats = get_stats(port)
@@ -343,7 +361,7 @@ def measure(
             rss_peak_mib=proc_status_kib(srv.pid, "VmHWM") / 1024,
         )
         if before is not None:
-            after = _drained(srv.port, 15.0) if variant.broker_up else get_stats(srv.port)
+            after = drained(srv.port) if variant.broker_up else get_stats(srv.port)
             delta = {k: after[k] - before[k] for k in ("enqueued", "delivered", "dropped")}
             result["stats"] = after
             result["run_delta"] = delta

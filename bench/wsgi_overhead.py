@@ -28,7 +28,6 @@ from typing import Any
 
 from bench.common import (
     RESULTS,
-    ROOT,
     closed_port,
     cpu_seconds,
     environment,
@@ -37,7 +36,7 @@ from bench.common import (
     median,
     write_json,
 )
-from bench.overhead import PATH, WRK_SCRIPT, get_stats, http_get, run_wrk
+from bench.overhead import WRK_SCRIPT, drained, get_stats, run_wrk, serving
 
 TOPIC = "bench-wsgi"
 SETTLE = 1.5
@@ -116,32 +115,8 @@ def server(variant: Variant, log_path: Path) -> Iterator[Server]:
         "warning",
         "bench.flask_apps:app",
     ]
-    with log_path.open("ab") as log:
-        log.write(f"=== {variant.name} on port {port}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{variant.name}: gunicorn exited ({proc.returncode})")
-            with contextlib.suppress(OSError):
-                if http_get(port, PATH, timeout=1.0)[0] == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{variant.name}: gunicorn not serving within 30 s")
-            time.sleep(0.1)
+    with serving(cmd, env, port, variant.name, log_path, signal.SIGTERM, 30) as proc:
         yield Server(proc, port)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def measure(
@@ -169,7 +144,7 @@ def measure(
             other_cpu_pct=max(other, 0.0) / (wall * (os.cpu_count() or 1)) * 100,
         )
         if before is not None:
-            after = _drained(srv.port) if variant.broker_up else get_stats(srv.port)
+            after = drained(srv.port) if variant.broker_up else get_stats(srv.port)
             result["stats"] = after
             result["run_enqueued"] = after["enqueued"] - before["enqueued"]
             settled = after["delivered"] + after["dropped"] + after["uncertain"]
@@ -177,15 +152,6 @@ def measure(
             if variant.broker_up:
                 result["all_delivered"] = after["pending"] == 0 and after["dropped"] == 0
     return result
-
-
-def _drained(port: int, timeout: float = 15.0) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    stats = get_stats(port)
-    while stats["pending"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-        stats = get_stats(port)
-    return stats
 
 
 def summary(runs: list[dict[str, Any]], order: list[Variant]) -> list[dict[str, Any]]:
