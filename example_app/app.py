@@ -13,15 +13,13 @@ from typing import Any
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
+from example_app.demo_config import USERS, demo_config
 from kafka_log_middleware import (
     CapturedRequest,
-    KafkaLogConfig,
     KafkaLogMiddleware,
     find_middleware,
     set_serialize_value,
 )
-
-USERS = {"Bearer demo-token": {"id": "4b1d3f7e", "username": "alice"}}
 
 
 def consumer(request: CapturedRequest) -> dict[str, Any] | None:
@@ -82,13 +80,6 @@ async def stats(request: Request) -> dict[str, int]:
     return middleware.stats() if middleware is not None else {}
 
 
-# KAFKA_LOG_* variables win over these defaults.
-config = KafkaLogConfig.from_env(
-    bootstrap_servers="127.0.0.1:9092",
-    topic="kong-log",
-    service={"name": "orders", "protocol": "http"},
-    consumer=consumer,
-    producer_async_flush_timeout=100,
-)
+config = demo_config(consumer)
 api.add_middleware(KafkaLogMiddleware, config=config)
 app = api

@@ -13,21 +13,11 @@ from typing import Any, NoReturn
 
 from flask import Flask, Response, current_app, request
 
-from kafka_log_middleware import CapturedRequest, KafkaLogConfig, set_serialize_value
+from example_app.demo_config import USERS, bearer_consumer, demo_config
+from kafka_log_middleware import set_serialize_value
 from kafka_log_middleware.flask import KafkaLog
 
-USERS = {"Bearer demo-token": {"id": "4b1d3f7e", "username": "alice"}}
 TRUE = frozenset({"1", "true", "yes", "on"})
-
-
-def consumer(request: CapturedRequest) -> dict[str, Any] | None:
-    """Kong's ``consumer``: the user whose bearer token the request carried, if any (the
-    hook sees the request's headers, as a Kong auth plugin does)."""
-    for name, value in request.scope["headers"]:
-        if name == b"authorization":
-            user = USERS.get(value.decode("latin-1"))
-            return dict(user) if user else None
-    return None
 
 
 app = Flask(__name__)
@@ -81,12 +71,5 @@ def stats() -> dict[str, int]:
     return KafkaLog.middleware(current_app).stats()
 
 
-# KAFKA_LOG_* variables win over these defaults.
-app.config["KAFKA_LOG"] = KafkaLogConfig.from_env(
-    bootstrap_servers="127.0.0.1:9092",
-    topic="kong-log",
-    service={"name": "orders", "protocol": "http"},
-    consumer=consumer,
-    producer_async_flush_timeout=100,
-)
+app.config["KAFKA_LOG"] = demo_config(bearer_consumer)
 KafkaLog(app)

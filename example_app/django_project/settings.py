@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 
-from example_app.django_project.auth import bearer_consumer
-from kafka_log_middleware import KafkaLogConfig
+from example_app.demo_config import bearer_consumer, demo_config
 
 DEBUG = False
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-not-a-secret")
@@ -22,10 +21,4 @@ USE_TZ = True
 # The package's entry (kafka_log_middleware.django.KafkaLogMiddleware), first so that
 # its timings cover the rest; middleware.py only remembers it for the stats view.
 MIDDLEWARE = ["example_app.django_project.middleware.KafkaLogMiddleware"]
-KAFKA_LOG = KafkaLogConfig.from_env(
-    bootstrap_servers="127.0.0.1:9092",
-    topic="kong-log",
-    service={"name": "orders", "protocol": "http"},
-    consumer=bearer_consumer,
-    producer_async_flush_timeout=100,
-)
+KAFKA_LOG = demo_config(bearer_consumer)

@@ -12,8 +12,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views import View
 from django.views.decorators.http import require_GET
 
+from example_app.demo_config import USERS
 from example_app.django_project import middleware
-from example_app.django_project.auth import USERS
 from kafka_log_middleware import set_serialize_value
 
 TRUE = frozenset({"1", "true", "yes", "on"})
