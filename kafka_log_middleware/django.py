@@ -32,20 +32,15 @@ from . import _log
 from .background import BackgroundPipeline
 from .capture import DOOR_KEY, CapturedRequest
 from .config import InvalidConfig, KafkaLogConfig
-from .custom_fields import EDITS_KEY
 from .environ import scope_of
-from .gateway import UPSTREAM_KEY
 from .routes import MatchedRoute
 from .types import Scope
-from .wsgi import ROUTE_KEY
+from .wsgi import ROUTE_KEY, carry_app_facts
 
 _perf = time.perf_counter
 USER_KEY = "kafka_log_middleware.django_user"
 """Scope key of the authenticated user's ``(id, username)`` (see ``authenticated_user``)."""
 _HOOK_FIELDS = ("route", "consumer", "authenticated_entity", "key")
-_APP_KEYS = (EDITS_KEY, UPSTREAM_KEY)
-"""What views leave in the request's scope or META for its entry (set_serialize_value,
-``gateway.upstream``): the captured scope is a copy, so they are copied at the end."""
 GetResponse = Callable[[HttpRequest], Any]
 
 
@@ -144,11 +139,8 @@ def _responded(capture: DjangoRequest, request: HttpRequest, response: HttpRespo
     route = _route(request)
     if route is not None:
         capture.scope["route"] = route
-    state = getattr(request, "scope", None) or request.META  # where the views' facts are
-    for key in _APP_KEYS:
-        value = state.get(key)
-        if value is not None:
-            capture.scope[key] = value
+    # The captured scope is a copy: what views left on the request is carried over.
+    carry_app_facts(getattr(request, "scope", None) or request.META, capture.scope)
     user = _user(request)
     if user is not None:
         capture.scope[USER_KEY] = user

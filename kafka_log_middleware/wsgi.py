@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Unpack
 
@@ -28,6 +28,7 @@ from .gateway import UPSTREAM_KEY
 from .pipeline import config_of, update_config_of
 from .producers import Producer
 from .publisher import Resolver
+from .types import Scope
 
 _perf = time.perf_counter
 ROUTE_KEY = "kafka_log_middleware.route"
@@ -194,13 +195,18 @@ class WSGIRequest(CapturedRequest):
         environ = self._environ
         if environ is not None:
             self._environ = None
-            scope = self.scope
-            for key in _COPIED_KEYS:
-                value = environ.get(key)
-                if value is not None:
-                    scope["route" if key is ROUTE_KEY else key] = value
+            carry_app_facts(environ, self.scope)
         self._start_response = self._write = _no_response  # let go of the server's
         buffer.put_threadsafe(self)
+
+
+def carry_app_facts(state: Mapping[str, Any], scope: Scope) -> None:
+    """Copy what the app left for its entry in ``state`` (the environ, or the scope a
+    door passed on) into the captured ``scope``: edits, upstream facts, the route."""
+    for key in _COPIED_KEYS:
+        value = state.get(key)
+        if value is not None:
+            scope["route" if key is ROUTE_KEY else key] = value
 
 
 def _no_response(*args: Any) -> Any:
