@@ -149,8 +149,7 @@ def build_entry(request: CapturedRequest) -> dict[str, Any]:
         entry["workspace_name"] = config.workspace_name
     upstream = scope.get(UPSTREAM_KEY)
     if isinstance(upstream, Upstream):
-        end = request.t_end or request.t_response or request.t_start
-        apply_upstream(entry, upstream, request.t_start, end, kong3)
+        apply_upstream(entry, upstream, request.t_start, _ended_at(request), kong3)
     if config.service is not None:
         entry["service"] = dict(config.service)
     for field in ("route", "consumer", "authenticated_entity"):
@@ -243,7 +242,7 @@ def _response(request: CapturedRequest, kong3: bool) -> dict[str, Any]:
 def _latencies(request: CapturedRequest, kong3: bool) -> dict[str, int]:
     start = request.t_start
     responded = request.t_response
-    end = request.t_end or responded or start
+    end = _ended_at(request)
     proxy = nginx_vars.msec(responded - start) if responded else -1
     receive = nginx_vars.msec(end - responded) if responded else 0
     # Kong's own time (entry → app invoked) is 0: the middleware calls the app at once.
@@ -252,6 +251,12 @@ def _latencies(request: CapturedRequest, kong3: bool) -> dict[str, int]:
     if kong3:
         return {"request": total, "proxy": proxy, "kong": kong, "receive": receive}
     return {"request": total, "proxy": proxy, "kong": kong + receive}
+
+
+def _ended_at(request: CapturedRequest) -> float:
+    """``perf_counter()`` at the request's end: its last byte, else its response start,
+    else its start."""
+    return request.t_end or request.t_response or request.t_start
 
 
 def _client_ip(scope: Any) -> str:
