@@ -24,8 +24,6 @@ from .pipeline import Pipeline
 from .producers import Producer
 from .publisher import Resolver
 
-_getpid = os.getpid
-
 
 class BackgroundPipeline:
     """A ``Pipeline`` whose publisher runs in this process's background loop thread."""
@@ -39,6 +37,7 @@ class BackgroundPipeline:
         """In a forked child: the parent's background loop (see ``start``)."""
         self._starting = threading.Lock()
         _close_at_exit(self)
+        _forget_at_fork(self)
         problem = uwsgi_problem()
         if problem is not None:
             _log.logger.error("kafka_log_middleware: %s", problem)
@@ -47,9 +46,9 @@ class BackgroundPipeline:
         return f"BackgroundPipeline({self.pipeline.config!r})"
 
     def started(self) -> Pipeline:
-        """The pipeline, its publisher started in this process (the request path's call)."""
-        runner = self.runner
-        if runner is None or runner.pid != _getpid():
+        """The pipeline, its publisher started in this process (the request path's call:
+        no ``getpid()``, a system call, per request; ``_forked`` runs in a child)."""
+        if self.runner is None:
             self.start()
         return self.pipeline
 
@@ -59,13 +58,17 @@ class BackgroundPipeline:
             runner = self.runner
             if runner is not None and runner.alive:
                 return
-            if runner is not None and runner.pid != _getpid():
-                # Forked: the parent's thread is not here, and its loop, "running" in
-                # the parent, cannot be closed; kept unused rather than collected.
-                self._parents = runner
             runner = LoopThread("kafka-log-publisher")
             runner.call(self.pipeline.start)
             self.runner = runner
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's thread is not here, and its loop, "running" in
+        the parent, cannot be closed; kept unused rather than collected. The next request
+        starts this process's own."""
+        if self.runner is not None:
+            self._parents, self.runner = self.runner, None
+        self._starting = threading.Lock()  # another thread may have held it at the fork
 
     def close(self) -> None:
         """Flush pending entries and close producers, within ``shutdown_timeout``; stop
@@ -119,6 +122,18 @@ def _on(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() not in ("", "0", "false", "no", "off")
     return bool(value)
+
+
+def _forget_at_fork(background: BackgroundPipeline) -> None:
+    """Have ``background._forked()`` run in every forked child, without keeping it alive."""
+    ref = weakref.ref(background)
+
+    def forked() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._forked()
+
+    os.register_at_fork(after_in_child=forked)
 
 
 def _close_at_exit(background: BackgroundPipeline) -> None:
