@@ -38,15 +38,18 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, NamedTuple
 
 __all__ = [
     "DEFAULT_LIBS_DIR",
+    "SECURED_LISTENERS",
     "BrokerInfo",
     "KafkaBroker",
+    "SecuredListeners",
     "ensure_jars",
     "free_port",
     "metadata_brokers",
@@ -292,6 +295,76 @@ def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[BrokerI
 
 
 # --------------------------------------------------------------------------------------------
+# secured listeners
+# --------------------------------------------------------------------------------------------
+
+SECURED_LISTENERS = {
+    "SASL_PLAINTEXT": "SASL_PLAINTEXT",
+    "SSL": "SSL",
+    "MTLS": "SSL",
+    "SASL_SSL": "SASL_SSL",
+}
+"""Listener name → its security protocol. ``MTLS`` is SSL that requires a client certificate."""
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "OAUTHBEARER": "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule",
+}
+
+
+@dataclass(frozen=True)
+class SecuredListeners:
+    """The client listeners a broker adds beside PLAINTEXT (``SECURED_LISTENERS``).
+
+    ``keystore``: the broker's PEM (PKCS#8 key, then its chain); ``truststore``: the CA
+    the MTLS listener checks client certificates against; ``users``: name → password,
+    for PLAIN and for SCRAM-SHA-256/512 (created when the storage is formatted).
+    OAUTHBEARER uses Kafka's unsecured-JWS validator (tokens with ``alg: none``): for
+    tests only.
+    """
+
+    keystore: Path
+    truststore: Path
+    users: Mapping[str, str] = field(default_factory=dict)
+
+    def properties(self) -> dict[str, str]:
+        """Broker properties configuring these listeners (their ports are the broker's)."""
+        props: dict[str, str] = {}
+        for name, protocol in SECURED_LISTENERS.items():
+            prefix = f"listener.name.{name.lower()}."
+            if protocol.startswith("SASL"):
+                props[prefix + "sasl.enabled.mechanisms"] = ",".join(_SASL_MECHANISMS)
+                for mechanism in _SASL_MECHANISMS:
+                    props[f"{prefix}{mechanism.lower()}.sasl.jaas.config"] = self._jaas(mechanism)
+            if protocol.endswith("SSL"):
+                props[prefix + "ssl.keystore.type"] = "PEM"
+                props[prefix + "ssl.keystore.location"] = str(self.keystore)
+            if name == "MTLS":
+                props[prefix + "ssl.client.auth"] = "required"
+                props[prefix + "ssl.truststore.type"] = "PEM"
+                props[prefix + "ssl.truststore.location"] = str(self.truststore)
+        return props
+
+    def _jaas(self, mechanism: str) -> str:
+        options = ""
+        if mechanism == "PLAIN":
+            options = "".join(f' user_{user}="{password}"' for user, password in self.users.items())
+        elif mechanism == "OAUTHBEARER":
+            options = ' unsecuredLoginStringClaim_sub="broker"'
+        return f"{_LOGIN_MODULES[mechanism]} required{options};"
+
+    def scram_arguments(self) -> list[str]:
+        """``StorageTool format`` arguments creating the SCRAM users."""
+        arguments = []
+        for user, password in self.users.items():
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                arguments += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
+        return arguments
+
+
+# --------------------------------------------------------------------------------------------
 # the broker
 # --------------------------------------------------------------------------------------------
 
@@ -333,8 +406,9 @@ class KafkaBroker:
         controller_port: int | None = None,
         libs: Path | None = None,
         extra_properties: dict[str, str] | None = None,
+        secured: SecuredListeners | None = None,
     ) -> None:
-        ports = [p for p in _free_ports(3) if p != port]
+        ports = [p for p in _free_ports(3 + len(SECURED_LISTENERS)) if p != port]
         self._port = port if port is not None else ports[0]
         self._controller_port = controller_port if controller_port is not None else ports[1]
         if self._port == self._controller_port:
@@ -353,6 +427,10 @@ class KafkaBroker:
         self._heap = heap
         self._libs = libs
         self._extra_properties = dict(extra_properties or {})
+        self._secured = secured
+        self._secured_ports = (
+            dict(zip(SECURED_LISTENERS, ports[2:], strict=False)) if secured is not None else {}
+        )
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._log_offset = 0
@@ -373,6 +451,12 @@ class KafkaBroker:
     def bootstrap_servers(self) -> str:
         self._ports_observed = True
         return f"{LOOPBACK}:{self._port}"
+
+    def listener(self, name: str) -> str:
+        """``host:port`` of the secured listener ``name`` (one of ``SECURED_LISTENERS``)."""
+        if name not in self._secured_ports:
+            raise KeyError(f"this broker has no {name} listener (give it secured=...)")
+        return f"{LOOPBACK}:{self._secured_ports[name]}"
 
     @property
     def workdir(self) -> Path:
@@ -405,17 +489,23 @@ class KafkaBroker:
     # -- configuration ------------------------------------------------------------------------
 
     def server_properties(self) -> dict[str, str]:
+        client_listeners = [f"PLAINTEXT://{LOOPBACK}:{self._port}"] + [
+            f"{name}://{LOOPBACK}:{port}" for name, port in self._secured_ports.items()
+        ]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"] + [
+            f"{name}:{SECURED_LISTENERS[name]}" for name in self._secured_ports
+        ]
         props = {
             "process.roles": "broker,controller",
             "node.id": str(NODE_ID),
             "controller.quorum.bootstrap.servers": f"{LOOPBACK}:{self._controller_port}",
-            "listeners": (
-                f"PLAINTEXT://{LOOPBACK}:{self._port},CONTROLLER://{LOOPBACK}:{self._controller_port}"
+            "listeners": ",".join(
+                [*client_listeners, f"CONTROLLER://{LOOPBACK}:{self._controller_port}"]
             ),
-            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self._port}",
+            "advertised.listeners": ",".join(client_listeners),
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(protocols),
             "log.dirs": str(self.data_dir),
             "num.partitions": "1",
             "auto.create.topics.enable": "true",
@@ -443,6 +533,8 @@ class KafkaBroker:
             # Exit instead of hanging forever if the node cannot come up.
             "server.max.startup.time.ms": "60000",
         }
+        if self._secured is not None:
+            props.update(self._secured.properties())
         props.update(self._extra_properties)
         return props
 
@@ -474,6 +566,7 @@ class KafkaBroker:
             f"--cluster-id={_random_cluster_id()}",
             "--config",
             str(self.properties_path),
+            *(self._secured.scram_arguments() if self._secured is not None else []),
         ]
         proc = subprocess.run(
             cmd,
@@ -509,7 +602,9 @@ class KafkaBroker:
                 # Someone grabbed a pre-picked port before the JVM bound it: new ports, and
                 # a fresh format (the voter endpoint is recorded in the metadata log).
                 shutil.rmtree(self.data_dir, ignore_errors=True)
-                self._port, self._controller_port = _free_ports(2)
+                fresh = _free_ports(2 + len(self._secured_ports))
+                self._port, self._controller_port = fresh[:2]
+                self._secured_ports = dict(zip(self._secured_ports, fresh[2:], strict=True))
 
     def _start_once(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

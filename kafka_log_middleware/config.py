@@ -16,6 +16,7 @@ import inspect
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
@@ -23,6 +24,14 @@ import orjson
 
 from . import _log
 from .routes import matched_route
+from .security import (
+    SaslAuthentication,
+    SecurityError,
+    TlsSettings,
+    aiokafka_security,
+    check_authentication,
+    check_security,
+)
 
 if TYPE_CHECKING:
     from .capture import CapturedRequest
@@ -102,6 +111,8 @@ class KafkaLogFields(TypedDict, total=False):
     workspace_name: str
     shutdown_timeout: int
     client_id: str
+    authentication: Mapping[str, Any] | SaslAuthentication | None
+    security: Mapping[str, Any] | TlsSettings | ssl.SSLContext | None
     producer_backend: Backend
     native_serializer: bool
 
@@ -166,6 +177,12 @@ class KafkaLogConfig:
     """At shutdown, how long to wait for pending entries to be delivered."""
     client_id: str = "kafka-log-middleware"
     """Kafka client id of the producer."""
+    authentication: SaslAuthentication | None = None
+    """SASL towards the brokers, as Kong's: ``{"strategy": "sasl", "mechanism": "PLAIN" |
+    "SCRAM-SHA-256" | "SCRAM-SHA-512", "user": ..., "password": ...}`` (see ``security.py``)."""
+    security: TlsSettings | None = None
+    """TLS towards the brokers, as Kong's: ``{"ssl": True, "ssl_verify": True, "cafile": ...,
+    "certfile": ..., "keyfile": ...}``, or an ``ssl.SSLContext`` (see ``security.py``)."""
     producer_backend: Backend = "aiokafka"
     """Kafka client: ``"aiokafka"`` (pure Python) or ``"confluent"`` (librdkafka, an extra)."""
     native_serializer: bool = True
@@ -179,6 +196,12 @@ class KafkaLogConfig:
         if self.key is not None and self.key_query_arg is not None:
             raise InvalidConfig("key", "key and key_query_arg are exclusive: give one of them")
         if self.producer_backend == "confluent":
+            if self.security is not None and self.security.user_context:
+                raise InvalidConfig(
+                    "security",
+                    "producer_backend='confluent' cannot use an ssl.SSLContext (librdkafka "
+                    "makes its own): give security={'ssl': True, 'cafile': ..., ...} instead",
+                )
             _check_librdkafka(self)
 
     # -- identity -------------------------------------------------------------
@@ -243,6 +266,8 @@ class KafkaLogConfig:
             self.producer_request_limits_bytes_per_request,
             self.producer_request_retries_backoff_timeout,
             self.client_id,
+            self.authentication,
+            self.security,
             self.producer_backend,
         )
 
@@ -260,6 +285,7 @@ class KafkaLogConfig:
             "max_request_size": size,
             "linger_ms": 0,
             "enable_idempotence": False,
+            **aiokafka_security(self.authentication, self.security),
         }
 
     # -- environment ----------------------------------------------------------
@@ -345,6 +371,8 @@ def _parse_env(name: str, raw: str) -> Any:
         return tuple(h.strip() for h in raw.split(",") if h.strip())
     if name == "service":
         return _parse_service(raw)
+    if name in ("authentication", "security"):
+        return _parse_object(raw, name)
     if name in ("key_query_arg", "request_id_header", "workspace"):
         return raw.strip() or None
     return raw.strip()
@@ -360,6 +388,21 @@ def _parse_service(raw: str) -> dict[str, Any] | None:
     if not isinstance(service, dict):
         raise ValueError('expected a JSON object, e.g. {"name": "orders"}')
     return service
+
+
+def _parse_object(raw: str, name: str) -> dict[str, Any] | None:
+    """A JSON object (``authentication``, ``security``); blank: None. Never quoted: it may
+    hold a password."""
+    if not raw.strip():
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        example = '{"ssl": true}' if name == "security" else '{"mechanism": "PLAIN", ...}'
+        raise ValueError(f"expected a JSON object, e.g. {example}")
+    return value
 
 
 def _warn_unused_env(prefix: str, env: Mapping[str, str]) -> None:
@@ -616,6 +659,18 @@ def _custom_fields(name: str, value: Any) -> dict[str, Hook]:
     return fields
 
 
+def _security_check(check: Callable[[str, Any], Any]) -> Check:
+    """A check of ``security.py`` whose refusals are ``InvalidConfig``s."""
+
+    def checked(name: str, value: Any) -> Any:
+        try:
+            return check(name, value)
+        except SecurityError as exc:
+            raise InvalidConfig(exc.field, str(exc)) from None
+
+    return checked
+
+
 def _kind(value: Any) -> str:
     """How a refused value is shown: by its type, which never leaks a secret."""
     return type(value).__name__
@@ -650,6 +705,8 @@ _CHECKS: dict[str, Check] = {
     "workspace_name": _any_text,
     "shutdown_timeout": _int_in(1),
     "client_id": _client_id,
+    "authentication": _security_check(check_authentication),
+    "security": _security_check(check_security),
     "producer_backend": _choice(*_BACKENDS),
     "native_serializer": _bool,
 }

@@ -20,6 +20,7 @@ import confluent_kafka
 
 from .config import KafkaLogConfig
 from .producers import Failure, Message, OnDone, Producer, Verdict
+from .security import librdkafka_security
 
 _POLL_INTERVAL = 0.005
 """Seconds between two polls for delivery reports while messages are in flight."""
@@ -59,6 +60,7 @@ def librdkafka_options(config: KafkaLogConfig) -> dict[str, Any]:
         "partitioner": "murmur2_random",
         # Connection trouble is reported by our own rate-limited warnings, not per attempt.
         "log_level": 2,
+        **librdkafka_security(config.authentication, config.security),
     }
 
 

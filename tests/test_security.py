@@ -1,0 +1,184 @@
+"""Secured Kafka against real listeners: SASL (PLAIN, SCRAM-SHA-256/512) over
+SASL_PLAINTEXT and SASL_SSL, TLS with server authentication, and mTLS, on both backends.
+
+One broker (its own JVM, for the session) has every listener (``SecuredListeners``),
+with certificates made here (``devtools/kafka_tls.py``). Each case publishes through
+its listener and the entries are read back through the broker's PLAINTEXT listener and
+compared whole with what the same requests give without security.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from devtools.kafka_broker import KafkaBroker, SecuredListeners, ensure_jars
+from devtools.kafka_tls import Certificates, make_certificates
+from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
+from tests.asgi_driver import http_scope, lifespan, request
+from tests.kafka_helpers import consume, unique_topic
+from tests.polling import eventually
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
+
+USER, PASSWORD = "alice", "alice-s3cret-password"
+
+
+@dataclasses.dataclass(frozen=True)
+class SecuredKafka:
+    """The session's secured broker and the certificates its listeners use."""
+
+    broker: KafkaBroker
+    certs: Certificates
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
+    ensure_jars()
+    certs = make_certificates(tmp_path_factory.mktemp("tls"))
+    broker = KafkaBroker(
+        workdir=tmp_path_factory.mktemp("kafka-secured"),
+        secured=SecuredListeners(certs.broker_keystore, certs.ca, {USER: PASSWORD}),
+    )
+    broker.start()
+    try:
+        yield SecuredKafka(broker, certs)
+    finally:
+        broker.close()
+
+
+def sasl(mechanism: str) -> dict[str, Any]:
+    return {"strategy": "sasl", "mechanism": mechanism, "user": USER, "password": PASSWORD}
+
+
+Settings = Callable[[Certificates], dict[str, Any]]
+CASES: dict[str, tuple[str, Settings]] = {
+    "sasl-plain": ("SASL_PLAINTEXT", lambda c: {"authentication": sasl("PLAIN")}),
+    "sasl-scram-sha-256": ("SASL_PLAINTEXT", lambda c: {"authentication": sasl("SCRAM-SHA-256")}),
+    "sasl-scram-sha-512": ("SASL_PLAINTEXT", lambda c: {"authentication": sasl("SCRAM-SHA-512")}),
+    "ssl": ("SSL", lambda c: {"security": {"ssl": True, "cafile": str(c.ca)}}),
+    "mtls": (
+        "MTLS",
+        lambda c: {
+            "security": {
+                "ssl": True,
+                "cafile": str(c.ca),
+                "certfile": str(c.client_cert),
+                "keyfile": str(c.client_key),
+            }
+        },
+    ),
+    "mtls-encrypted-key": (
+        "MTLS",
+        lambda c: {
+            "security": {
+                "ssl": True,
+                "cafile": str(c.ca),
+                "certfile": str(c.client_cert),
+                "keyfile": str(c.client_key_encrypted),
+                "keyfile_password": c.key_password,
+            }
+        },
+    ),
+    "sasl-ssl-plain": (
+        "SASL_SSL",
+        lambda c: {"authentication": sasl("PLAIN"), "security": {"ssl": True, "cafile": str(c.ca)}},
+    ),
+    "sasl-ssl-scram-sha-512": (
+        "SASL_SSL",
+        lambda c: {
+            "authentication": sasl("SCRAM-SHA-512"),
+            "security": {"ssl": True, "cafile": str(c.ca)},
+        },
+    ),
+}
+
+
+async def item(request: Request) -> JSONResponse:
+    return JSONResponse({"id": request.path_params["item_id"]})
+
+
+def scopes() -> list[dict[str, Any]]:
+    return [
+        http_scope(
+            f"/items/{n}",
+            query=f"n={n}".encode(),
+            headers=[(b"host", b"testserver"), (b"x-n", str(n).encode())],
+        )
+        for n in range(3)
+    ]
+
+
+async def publish(config: KafkaLogConfig) -> dict[str, int]:
+    """Serve ``scopes()`` through the middleware; its stats once all is delivered."""
+    app = Starlette(routes=[Route("/items/{item_id}", item, name="item")])
+    middleware = KafkaLogMiddleware(app, config)
+    async with lifespan(middleware):
+        for scope in scopes():
+            assert (await request(middleware, scope)).status == 200
+        await eventually(lambda: middleware.stats()["delivered"] == len(scopes()), timeout=60)
+        return middleware.stats()
+
+
+def comparable(raw: bytes) -> dict[str, Any]:
+    """An entry without what differs from run to run (times)."""
+    entry: dict[str, Any] = orjson.loads(raw)
+    entry.pop("latencies")
+    entry.pop("started_at")
+    return entry
+
+
+async def entries(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    records = await consume(bootstrap, topic, len(scopes()), settle=0.5)
+    found = [comparable(record.value) for record in records if record.value is not None]
+    return sorted(found, key=lambda e: str(e["request"]["headers"]["x-n"]))
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, list[dict[str, Any]]]:
+    """Per backend, the entries of ``scopes()`` published without security (filled once)."""
+    return {}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_each_mechanism_publishes_the_same_entries(
+    secured_kafka: SecuredKafka,
+    backend: str,
+    case: str,
+    reference: dict[str, list[dict[str, Any]]],
+) -> None:
+    broker, certs = secured_kafka.broker, secured_kafka.certs
+    plaintext = broker.bootstrap_servers
+    if backend not in reference:
+        topic = unique_topic(f"security-reference-{backend}")
+        await publish(
+            KafkaLogConfig(
+                bootstrap_servers=plaintext,
+                topic=topic,
+                producer_backend=backend,  # type: ignore[arg-type]
+                producer_async_flush_timeout=20,
+            )
+        )
+        reference[backend] = await entries(plaintext, topic)
+        assert len(reference[backend]) == len(scopes())
+    listener, settings = CASES[case]
+    topic = unique_topic(f"security-{case}-{backend}")
+    config = KafkaLogConfig(
+        bootstrap_servers=broker.listener(listener),
+        topic=topic,
+        producer_backend=backend,  # type: ignore[arg-type]
+        producer_async_flush_timeout=20,
+        **settings(certs),
+    )
+    stats = await publish(config)
+    assert stats["enqueued"] == stats["delivered"] == len(scopes())
+    assert stats["dropped"] == 0
+    assert await entries(plaintext, topic) == reference[backend]
