@@ -303,8 +303,10 @@ SECURED_LISTENERS = {
     "SSL": "SSL",
     "MTLS": "SSL",
     "SASL_SSL": "SASL_SSL",
+    "SSL_WRONG_HOST": "SSL",
 }
-"""Listener name → its security protocol. ``MTLS`` is SSL that requires a client certificate."""
+"""Listener name → its security protocol. ``MTLS`` is SSL that requires a client
+certificate; ``SSL_WRONG_HOST`` presents a certificate for another host name."""
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 _LOGIN_MODULES = {
     "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
@@ -319,7 +321,8 @@ class SecuredListeners:
     """The client listeners a broker adds beside PLAINTEXT (``SECURED_LISTENERS``).
 
     ``keystore``: the broker's PEM (PKCS#8 key, then its chain); ``truststore``: the CA
-    the MTLS listener checks client certificates against; ``users``: name → password,
+    the MTLS listener checks client certificates against; ``wrong_host_keystore``: the
+    same for a certificate naming another host (``SSL_WRONG_HOST``); ``users``: name → password,
     for PLAIN and for SCRAM-SHA-256/512 (created when the storage is formatted).
     OAUTHBEARER uses Kafka's unsecured-JWS validator (tokens with ``alg: none``): for
     tests only.
@@ -327,6 +330,7 @@ class SecuredListeners:
 
     keystore: Path
     truststore: Path
+    wrong_host_keystore: Path
     users: Mapping[str, str] = field(default_factory=dict)
 
     def properties(self) -> dict[str, str]:
@@ -340,7 +344,8 @@ class SecuredListeners:
                     props[f"{prefix}{mechanism.lower()}.sasl.jaas.config"] = self._jaas(mechanism)
             if protocol.endswith("SSL"):
                 props[prefix + "ssl.keystore.type"] = "PEM"
-                props[prefix + "ssl.keystore.location"] = str(self.keystore)
+                keystore = self.wrong_host_keystore if name == "SSL_WRONG_HOST" else self.keystore
+                props[prefix + "ssl.keystore.location"] = str(keystore)
             if name == "MTLS":
                 props[prefix + "ssl.client.auth"] = "required"
                 props[prefix + "ssl.truststore.type"] = "PEM"

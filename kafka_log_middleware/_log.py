@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 
 logger = logging.getLogger("kafka_log_middleware")
@@ -60,17 +61,26 @@ _ours: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "kafka_log_middleware_client", default=False
 )
 """Set while our producers run client code; tasks the client starts then inherit it."""
+_errors: contextvars.ContextVar[deque[BaseException] | None] = contextvars.ContextVar(
+    "kafka_log_middleware_client_errors", default=None
+)
+"""Where the exceptions the client logs about our producer go (see ``our_client``)."""
 _MAX_QUOTE = 300
 """Longest part of a client's log message quoted in our warning."""
 
 
 @contextlib.contextmanager
-def our_client() -> Iterator[None]:
-    """Mark the client code run (and the tasks started) inside as our producers' own."""
+def our_client(errors: deque[BaseException] | None = None) -> Iterator[None]:
+    """Mark the client code run (and the tasks started) inside as our producers' own;
+    ``errors`` then collects the exceptions the client logs (it rarely raises them: aiokafka
+    logs why a connection failed and raises a generic error)."""
     token = _ours.set(True)
+    sink = _errors.set(errors) if errors is not None else None
     try:
         yield
     finally:
+        if sink is not None:
+            _errors.reset(sink)
         _ours.reset(token)
 
 
@@ -80,6 +90,9 @@ class _ClientFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or not _ours.get():
             return True
+        sink = _errors.get()
+        if sink is not None and isinstance(record.args, tuple):
+            sink.extend(arg for arg in record.args if isinstance(arg, BaseException))
         try:
             text = record.getMessage()
         except Exception:  # a malformed record: still ours to fold, not to raise

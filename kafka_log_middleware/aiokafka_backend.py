@@ -11,6 +11,7 @@ once, so a bad topic costs one metadata wait per attempt, not one per batch.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -18,12 +19,17 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    IllegalSaslStateError,
     KafkaConnectionError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     NotEnoughReplicasAfterAppendError,
     RecordListTooLargeError,
     RequestTimedOutError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
 )
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.sender import SendProduceReqHandler
@@ -42,6 +48,13 @@ _MAYBE_WRITTEN = (
     asyncio.CancelledError,  # in flight when the producer closed
 )
 """Errors after which the batch may be in Kafka (aiokafka's idempotence is off)."""
+_SASL_REFUSED = (
+    SaslAuthenticationFailed,
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    UnsupportedSaslMechanismError,
+    IllegalSaslStateError,
+)
 
 
 def failure_of(error: BaseException, maybe_written: bool = False) -> Failure:
@@ -57,6 +70,17 @@ def failure_of(error: BaseException, maybe_written: bool = False) -> Failure:
     else:
         verdict = Verdict.FATAL
     return Failure(verdict, cause, maybe_written)
+
+
+def refusal_of(error: BaseException) -> str | None:
+    """What a SASL or TLS failure of a connection means; None for other errors."""
+    if isinstance(error, _SASL_REFUSED):
+        return f"SASL authentication failed ({error})"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate is not accepted ({error.verify_message})"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS handshake failed ({error.reason or type(error).__name__})"
+    return None
 
 
 class AiokafkaProducer(Producer):
@@ -75,10 +99,13 @@ class AiokafkaProducer(Producer):
         self._lane_tasks: dict[str, asyncio.Task[None]] = {}
         self._maybe_written: weakref.WeakSet[Any] = weakref.WeakSet()
         """aiokafka batches that had an attempt which may have reached Kafka."""
+        self._client_errors: deque[BaseException] = deque(maxlen=8)
+        """Why aiokafka's connections failed, as it logged them (it raises a generic error)."""
 
     async def _open(self) -> None:
         _log.tame_client_loggers("aiokafka")
-        with _log.our_client():  # its tasks, started here, inherit the mark
+        self._client_errors.clear()
+        with _log.our_client(self._client_errors):  # its tasks, started here, inherit it
             producer = AIOKafkaProducer(**self._options)
             # Kong's producer_request_timeout is the produce request's own timeout (how
             # long the broker waits for acks). aiokafka sends its sender's
@@ -91,6 +118,14 @@ class AiokafkaProducer(Producer):
                 await _stop_quietly(producer, self._backoff)
                 raise
         self._producer = producer
+
+    def _refusal(self, exc: BaseException) -> str | None:
+        """A SASL or TLS refusal among the errors aiokafka logged for this attempt."""
+        for error in (exc, *reversed(self._client_errors)):
+            refusal = refusal_of(error)
+            if refusal is not None:
+                return refusal
+        return None
 
     async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
         """Queue ``messages`` in ``topic``'s lane (see ``Producer.send``); never waits."""

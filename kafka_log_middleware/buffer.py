@@ -30,7 +30,14 @@ if TYPE_CHECKING:
 
 _monotonic = time.monotonic
 
-DROP_REASONS = ("buffer_full", "serialize_error", "too_large", "kafka_error", "shutdown")
+DROP_REASONS = (
+    "buffer_full",
+    "serialize_error",
+    "too_large",
+    "kafka_error",
+    "security",
+    "shutdown",
+)
 """Why an entry can be dropped: the buffer bound was reached; building or encoding the
 entry failed; it exceeds ``producer_request_limits_bytes_per_request``; Kafka rejected
 it or every delivery attempt failed; shutdown came first."""

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,15 +75,33 @@ class ConfluentProducer(Producer):
         self._in_flight = 0
         self._poller: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._client_errors: deque[Any] = deque(maxlen=8)
+        """librdkafka's errors (``error_cb``), served by ``poll``."""
 
     async def _open(self) -> None:
         if self._producer is None:  # one client across attempts; it reconnects by itself
-            self._producer = confluent_kafka.Producer(self._options, logger=_librdkafka_log)
+            self._producer = confluent_kafka.Producer(
+                {**self._options, "error_cb": self._client_errors.append},
+                logger=_librdkafka_log,
+            )
+        self._client_errors.clear()
         # Metadata proves the cluster answers; it blocks, so it runs off the loop.
-        await _in_a_thread(self._producer.list_topics, None, max(self._backoff, 1.0))
+        try:
+            await _in_a_thread(self._producer.list_topics, None, max(self._backoff, 1.0))
+        except Exception:
+            self._producer.poll(0)  # serves error_cb: why the connection failed
+            raise
         self._poller = asyncio.get_running_loop().create_task(
             self._poll_forever(), name="kafka-log-poll"
         )
+
+    def _refusal(self, exc: BaseException) -> str | None:
+        """A SASL or TLS refusal among librdkafka's errors for this attempt."""
+        for error in reversed(self._client_errors):
+            refusal = refusal_of(error)
+            if refusal is not None:
+                return refusal
+        return None
 
     async def _poll_forever(self) -> None:
         producer = self._producer
@@ -116,7 +135,7 @@ class ConfluentProducer(Producer):
             try:
                 queued = self._producer.produce_batch(topic, batch, on_delivery=report.delivered)
             except Exception as exc:  # whatever it was, librdkafka took none of the chunk
-                report.failed(fitting[start:], _refusal(exc))
+                report.failed(fitting[start:], _batch_refusal(exc))
                 return
             if queued < len(batch):  # librdkafka marks the ones it refused
                 refused = [m for m, d in zip(chunk, batch, strict=True) if "_error" in d]
@@ -261,7 +280,18 @@ def failure_of(error: Any, sent: bool = True) -> Failure:
     return Failure(verdict, error.name(), sent and code in _MAYBE_WRITTEN)
 
 
-def _refusal(exc: BaseException) -> Failure:
+def refusal_of(error: Any) -> str | None:
+    """What a librdkafka SASL or TLS error means; None for other errors."""
+    code = error.code()
+    text = error.str().partition(": ")[2] or error.str()  # without the broker's name
+    if code == confluent_kafka.KafkaError._AUTHENTICATION:
+        return f"SASL authentication failed ({text})"
+    if code == confluent_kafka.KafkaError._SSL or "SSL routines" in text:
+        return f"TLS handshake failed ({text})"
+    return None
+
+
+def _batch_refusal(exc: BaseException) -> Failure:
     """``produce_batch`` raising: librdkafka took none of the chunk."""
     if isinstance(exc, BufferError):  # its queue is full: later, perhaps
         return Failure(Verdict.RETRY, "BufferError")

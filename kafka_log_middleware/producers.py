@@ -20,6 +20,7 @@ from typing import Any
 
 from . import _log
 from .config import KafkaLogConfig
+from .security import HIDDEN
 
 Message = tuple[bytes | None, bytes]
 """An encoded Kafka message: (key, value)."""
@@ -27,6 +28,25 @@ Message = tuple[bytes | None, bytes]
 SLICE_SECONDS = 0.0005
 """Longest background work runs before it yields to the event loop (requests go first)."""
 _RECONNECT_MAX = 5.0
+_MAX_CAUSE = 300
+"""Longest client message quoted in a warning."""
+
+
+def secrets_of(config: KafkaLogConfig) -> tuple[str, ...]:
+    """The config's secrets: never to appear in what we log."""
+    secrets = []
+    if config.authentication is not None:
+        secrets.append(config.authentication.password)
+    if config.security is not None and config.security.keyfile_password is not None:
+        secrets.append(config.security.keyfile_password)
+    return tuple(secret for secret in secrets if secret)
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` (a client's message, to be logged) with any of ``secrets`` hidden."""
+    for secret in secrets:
+        text = text.replace(secret, HIDDEN)
+    return text[:_MAX_CAUSE]
 
 
 class Verdict(enum.Enum):
@@ -80,6 +100,12 @@ class Producer:
         self._max_size = config.producer_request_limits_bytes_per_request
         self._ready = asyncio.Event()
         self._connector: asyncio.Task[None] | None = None
+        self._attempts = config.producer_request_retries_max_attempts
+        self._secrets = secrets_of(config)
+        self.refused: str | None = None
+        """Why the cluster refuses this producer (authentication or TLS), once it did on
+        ``producer_request_retries_max_attempts`` connection attempts in a row: its entries
+        are then dropped (``security``) instead of held. None once connected."""
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "ready" if self.ready else "connecting"
@@ -99,28 +125,52 @@ class Producer:
 
     async def _connect(self) -> None:
         delay = self._backoff
+        refusals = 0
         while not self.closed:
             try:
                 await self._open()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                _log.warn(
-                    "connect",
-                    "kafka_log_middleware: cannot reach Kafka at %s (%s); "
-                    "retrying, entries stay buffered",
-                    self._servers,
-                    type(exc).__name__,
-                )
+                refusal = self._refusal(exc)
+                if refusal is not None:
+                    refusal = scrub(refusal, self._secrets)
+                refusals = refusals + 1 if refusal is not None else 0
+                if refusal is None:
+                    _log.warn(
+                        "connect",
+                        "kafka_log_middleware: cannot reach Kafka at %s (%s); "
+                        "retrying, entries stay buffered",
+                        self._servers,
+                        type(exc).__name__,
+                    )
+                else:
+                    if refusals >= self._attempts:
+                        self.refused = refusal
+                    _log.warn(
+                        "refused",
+                        "kafka_log_middleware: Kafka at %s refuses the connection: %s; %s",
+                        self._servers,
+                        refusal,
+                        "retrying; its entries are dropped (security) until it accepts"
+                        if self.refused
+                        else "retrying, entries stay buffered",
+                    )
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, _RECONNECT_MAX)
                 continue
+            self.refused = None
             self._ready.set()
             return
 
     async def _open(self) -> None:
         """Connect once; raise when the cluster cannot be reached."""
         raise NotImplementedError
+
+    def _refusal(self, exc: BaseException) -> str | None:
+        """Why the last connection attempt (which raised ``exc``) was refused, when the
+        cluster refused its authentication or TLS; None for any other failure."""
+        return None
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the connection; True when ready."""

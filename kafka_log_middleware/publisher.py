@@ -277,6 +277,8 @@ class Publisher:
                 timers.append(due)
             for retry in self._retries:
                 if not retry.box.use.producer.ready:
+                    if retry.box.use.producer.refused:
+                        return
                     timers.append(_READY_POLL)
                 elif retry.due <= now:
                     return
@@ -292,7 +294,7 @@ class Publisher:
         if not box.messages:
             return None
         if not box.use.producer.ready:
-            return _READY_POLL
+            return 0.0 if box.use.producer.refused else _READY_POLL
         config = box.config
         batch = config.producer_request_limits_messages_per_request
         if not config.producer_async or len(box.messages) >= batch:
@@ -349,6 +351,9 @@ class Publisher:
                 else:  # Kong's sync mode: each entry on its own
                     for message in messages:
                         await self._hand_over(box, [message], 1)
+            elif box.use.producer.refused:
+                messages, box.messages = box.messages, []
+                self._refused(len(messages), False)
 
     def _encode(self, request: CapturedRequest) -> tuple[KafkaLogConfig, Message] | None:
         try:
@@ -450,6 +455,13 @@ class Publisher:
             failure.cause,
         )
 
+    def _refused(self, count: int, maybe_written: bool) -> None:
+        """``count`` entries for a producer the cluster refuses (see ``Producer.refused``)."""
+        if maybe_written:  # an earlier attempt, before the refusals, may have reached Kafka
+            self.buffer.give_up_uncertain(count)
+        else:
+            self.buffer.drop("security", count)  # warns; the producer named the cause
+
     def _requeued(self, retried: int) -> None:
         """Messages go again: ``retried`` of them after an attempt that may have reached Kafka."""
         if retried:
@@ -461,7 +473,11 @@ class Publisher:
         waiting: deque[_Retry] = deque()
         while self._retries:
             retry = self._retries.popleft()
-            if not retry.box.use.producer.ready or (retry.due > now and not self._stopping):
+            producer = retry.box.use.producer
+            if not producer.ready and producer.refused:
+                self._refused(len(retry.messages), retry.maybe_written)
+                continue
+            if not producer.ready or (retry.due > now and not self._stopping):
                 waiting.append(retry)
                 continue
             await self._hand_over(retry.box, retry.messages, retry.attempt, retry.maybe_written)

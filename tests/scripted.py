@@ -176,7 +176,12 @@ class ScriptedProducer(Producer):
         """The timeout this producer was closed with (``None``: not closed)."""
 
     async def _open(self) -> None:
+        if self.maker.refusal is not None:
+            raise ConnectionRefusedError("the cluster refuses this producer")
         await self.gate.wait()
+
+    def _refusal(self, exc: BaseException) -> str | None:
+        return self.maker.refusal
 
     async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
         """Record the hand-over and answer it as scripted."""
@@ -246,6 +251,8 @@ class Scripted:
         self.respond: Respond = always(DELIVER)
         self.ready = True
         """Whether new producers connect at once (else: when their ``gate`` is set)."""
+        self.refusal: str | None = None
+        """Set: the cluster refuses every connection attempt, for this reason (SASL, TLS)."""
         self.asynchronous = False
         """Whether new producers answer from a later loop callback rather than in ``send``."""
         self.made: list[ScriptedProducer] = []

@@ -112,17 +112,18 @@ def test_every_counter_and_stats_keys() -> None:
     for entry in entries(10):
         buffer.put(entry)
     assert len(buffer.take(9)) == 9  # to be settled; the last one stays buffered
-    buffer.deliver(3)
+    buffer.deliver(2)
     buffer.drop("kafka_error", 1)
     buffer.drop("too_large", 1)
     buffer.drop("serialize_error", 1)
+    buffer.drop("security", 1)
     buffer.drop("shutdown", 1)
     buffer.give_up_uncertain(2)
     buffer.count_retried(4)  # informational: no entry changes state
     assert buffer.stats() == {
         "enqueued": 10,
-        "delivered": 3,
-        "dropped": 4,
+        "delivered": 2,
+        "dropped": 5,
         "uncertain": 2,
         "pending": 1,
         "buffered": 1,
@@ -131,6 +132,7 @@ def test_every_counter_and_stats_keys() -> None:
         "dropped_serialize_error": 1,
         "dropped_too_large": 1,
         "dropped_kafka_error": 1,
+        "dropped_security": 1,
         "dropped_shutdown": 1,
     }
     assert not invariant_problems(buffer.stats())
@@ -200,6 +202,7 @@ def test_a_fresh_buffer_counts_nothing() -> None:
         "serialize_error",
         "too_large",
         "kafka_error",
+        "security",
         "shutdown",
     }
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
+from kafka_log_middleware import _log
 from kafka_log_middleware import publisher as publisher_module
 from kafka_log_middleware.buffer import LogBuffer
 from kafka_log_middleware.capture import CapturedRequest
@@ -488,6 +490,41 @@ async def test_split_halves_of_a_maybe_written_batch_count_retried_once(
             "retried": 4,
             "uncertain": 0,
         }
+
+
+# -- a cluster that refuses the producer (SASL, TLS) ------------------------------------
+
+
+async def test_entries_for_a_producer_the_cluster_refuses_are_dropped_security(
+    scripted: Scripted, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused on every one of the attempts: the entries are dropped (``security``), not
+    held until the buffer fills; once the cluster accepts the producer, entries go out."""
+    _log.reset()
+    scripted.refusal = "SASL authentication failed (invalid credentials)"
+    async with Rig(scripted, config(producer_request_retries_max_attempts=2)) as rig:
+        with caplog.at_level(logging.WARNING, logger="kafka_log_middleware"):
+            rig.put(3)
+            await rig.until(lambda: rig.counts("dropped_security")["dropped_security"] == 3)
+        assert rig.handovers() == []
+        assert rig.counts("dropped", "pending") == {"dropped": 3, "pending": 0}
+        assert "refuses the connection: SASL authentication failed" in caplog.text
+        scripted.refusal = None  # the credentials are fixed on the cluster's side
+        await rig.until(lambda: scripted.made[0].ready)
+        assert scripted.made[0].refused is None
+        rig.put(2)
+        await rig.until(lambda: rig.counts("delivered")["delivered"] == 2)
+        assert rig.counts("dropped_security")["dropped_security"] == 3
+
+
+async def test_entries_wait_while_refusals_are_within_the_attempts(scripted: Scripted) -> None:
+    """Fewer refusals in a row than the attempts: nothing dropped yet, entries stay held."""
+    scripted.refusal = "TLS handshake failed"
+    async with Rig(scripted, config(producer_request_retries_max_attempts=1000)) as rig:
+        rig.put(3)
+        await rig.encoded()
+        await rig.quiet()
+        assert rig.counts("dropped", "pending") == {"dropped": 0, "pending": 3}
 
 
 # -- shutdown -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ compared whole with what the same requests give without security.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,7 +23,7 @@ from starlette.routing import Route
 
 from devtools.kafka_broker import KafkaBroker, SecuredListeners, ensure_jars
 from devtools.kafka_tls import Certificates, make_certificates
-from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
+from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, _log
 from tests.asgi_driver import http_scope, lifespan, request
 from tests.kafka_helpers import consume, unique_topic
 from tests.polling import eventually
@@ -46,7 +47,9 @@ def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredK
     certs = make_certificates(tmp_path_factory.mktemp("tls"))
     broker = KafkaBroker(
         workdir=tmp_path_factory.mktemp("kafka-secured"),
-        secured=SecuredListeners(certs.broker_keystore, certs.ca, {USER: PASSWORD}),
+        secured=SecuredListeners(
+            certs.broker_keystore, certs.ca, certs.wrong_host_keystore, {USER: PASSWORD}
+        ),
     )
     broker.start()
     try:
@@ -161,7 +164,7 @@ async def test_each_mechanism_publishes_the_same_entries(
         topic = unique_topic(f"security-reference-{backend}")
         await publish(
             KafkaLogConfig(
-                bootstrap_servers=plaintext,
+                bootstrap_servers=(plaintext,),
                 topic=topic,
                 producer_backend=backend,  # type: ignore[arg-type]
                 producer_async_flush_timeout=20,
@@ -172,7 +175,7 @@ async def test_each_mechanism_publishes_the_same_entries(
     listener, settings = CASES[case]
     topic = unique_topic(f"security-{case}-{backend}")
     config = KafkaLogConfig(
-        bootstrap_servers=broker.listener(listener),
+        bootstrap_servers=(broker.listener(listener),),
         topic=topic,
         producer_backend=backend,  # type: ignore[arg-type]
         producer_async_flush_timeout=20,
@@ -182,3 +185,83 @@ async def test_each_mechanism_publishes_the_same_entries(
     assert stats["enqueued"] == stats["delivered"] == len(scopes())
     assert stats["dropped"] == 0
     assert await entries(plaintext, topic) == reference[backend]
+
+
+# -- refusals at runtime: named, counted, never the secret; update_config recovers -------
+
+PLANTED = "PLANTED-wrong-password-7f3a"
+"""A wrong password: it must not appear in anything we log."""
+
+Refusal = tuple[str, Settings, Settings, str]
+REFUSALS: dict[str, Refusal] = {
+    "wrong-password": (
+        "SASL_PLAINTEXT",
+        lambda c: {"authentication": {**sasl("SCRAM-SHA-256"), "password": PLANTED}},
+        lambda c: {"authentication": sasl("SCRAM-SHA-256")},
+        "SASL authentication failed",
+    ),
+    "unknown-user": (
+        "SASL_PLAINTEXT",
+        lambda c: {"authentication": {**sasl("SCRAM-SHA-512"), "user": "mallory"}},
+        lambda c: {"authentication": sasl("SCRAM-SHA-512")},
+        "SASL authentication failed",
+    ),
+    "untrusted-certificate": (
+        "SSL",
+        lambda c: {"security": {"ssl": True, "cafile": str(c.other_ca)}},
+        lambda c: {"security": {"ssl": True, "cafile": str(c.ca)}},
+        "TLS",
+    ),
+    "hostname-mismatch": (
+        "SSL_WRONG_HOST",
+        lambda c: {"security": {"ssl": True, "cafile": str(c.ca)}},
+        lambda c: {"security": {"ssl": True, "cafile": str(c.ca), "check_hostname": False}},
+        "TLS",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+async def test_a_refused_connection_is_named_counted_and_fixed_by_update_config(
+    secured_kafka: SecuredKafka, backend: str, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused on every attempt: one warning naming the cause (never the secret), the
+    entries dropped as ``security`` after the retry budget, the app unaffected; the
+    fixed settings given to ``update_config()`` deliver the next entries."""
+    _log.reset()
+    broker, certs = secured_kafka.broker, secured_kafka.certs
+    listener, wrong, right, cause = REFUSALS[case]
+    topic = unique_topic(f"refused-{case}-{backend}")
+    config = KafkaLogConfig(
+        bootstrap_servers=(broker.listener(listener),),
+        topic=topic,
+        producer_backend=backend,  # type: ignore[arg-type]
+        producer_async_flush_timeout=20,
+        producer_request_retries_max_attempts=2,
+        **wrong(certs),
+    )
+    app = Starlette(routes=[Route("/items/{item_id}", item, name="item")])
+    middleware = KafkaLogMiddleware(app, config)
+    with caplog.at_level(logging.WARNING, logger="kafka_log_middleware"):
+        async with lifespan(middleware):
+            for scope in scopes():
+                assert (await request(middleware, scope)).status == 200
+            await eventually(lambda: middleware.stats()["dropped_security"] == 3, timeout=60)
+            middleware.update_config(config.replace(**right(certs)))
+            for scope in scopes():
+                assert (await request(middleware, scope)).status == 200
+            await eventually(lambda: middleware.stats()["delivered"] == 3, timeout=60)
+            stats = middleware.stats()
+            emitted = [repr(middleware), str(middleware.config), repr(stats)]
+            emitted += [repr(producer) for producer in middleware.producers()]
+    assert stats["enqueued"] == 6
+    assert stats["dropped"] == stats["dropped_security"] == 3
+    assert stats["pending"] == 0
+    refusals = [
+        r.getMessage() for r in caplog.records if "refuses the connection" in r.getMessage()
+    ]
+    assert refusals and all(cause in message for message in refusals)
+    emitted += [r.getMessage() for r in caplog.records]
+    emitted += [repr(config), caplog.text]
+    assert not [text for text in emitted if PLANTED in text or PASSWORD in text]
+    assert len(await consume(broker.bootstrap_servers, topic, 3, settle=0.5)) == 3
