@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.abc import AbstractTokenProvider
 from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
@@ -36,7 +37,9 @@ from aiokafka.producer.sender import SendProduceReqHandler
 
 from . import _log
 from .config import KafkaLogConfig
+from .oauth import TokenError, TokenSource
 from .producers import CLOSED, Failure, Message, OnDone, Producer, Verdict
+from .security import OAuthBearer
 
 _partition_for_key = DefaultPartitioner()
 _Lane = deque[tuple[list[Message], OnDone]]
@@ -74,6 +77,8 @@ def failure_of(error: BaseException, maybe_written: bool = False) -> Failure:
 
 def refusal_of(error: BaseException) -> str | None:
     """What a SASL or TLS failure of a connection means; None for other errors."""
+    if isinstance(error, TokenError):
+        return f"OAUTHBEARER: {error}"
     if isinstance(error, _SASL_REFUSED):
         return f"SASL authentication failed ({error})"
     if isinstance(error, ssl.SSLCertVerificationError):
@@ -101,6 +106,9 @@ class AiokafkaProducer(Producer):
         """aiokafka batches that had an attempt which may have reached Kafka."""
         self._client_errors: deque[BaseException] = deque(maxlen=8)
         """Why aiokafka's connections failed, as it logged them (it raises a generic error)."""
+        auth = config.sasl
+        if isinstance(auth, OAuthBearer):
+            self._options["sasl_oauth_token_provider"] = _Tokens(TokenSource(auth))
 
     async def _open(self) -> None:
         _log.tame_client_loggers("aiokafka")
@@ -298,6 +306,16 @@ def _watch_attempts(sender: Any, marked: weakref.WeakSet[Any]) -> None:
             sender._muted_partitions.remove(tp)
 
     sender._send_produce_req = send_produce_req
+
+
+class _Tokens(AbstractTokenProvider):  # type: ignore[misc]
+    """aiokafka's token provider over our ``TokenSource`` (asked at each connection)."""
+
+    def __init__(self, source: TokenSource) -> None:
+        self._source = source
+
+    async def token(self) -> str:
+        return await self._source.token()
 
 
 async def _stop_quietly(producer: Any, timeout: float) -> None:

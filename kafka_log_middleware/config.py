@@ -18,14 +18,14 @@ import os
 import re
 import ssl
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, cast
 
 import orjson
 
 from . import _log
 from .routes import matched_route
 from .security import (
-    SaslAuthentication,
+    Authentication,
     SecurityError,
     TlsSettings,
     aiokafka_security,
@@ -111,7 +111,7 @@ class KafkaLogFields(TypedDict, total=False):
     workspace_name: str
     shutdown_timeout: int
     client_id: str
-    authentication: Mapping[str, Any] | SaslAuthentication | None
+    authentication: Mapping[str, Any] | Authentication | None
     security: Mapping[str, Any] | TlsSettings | ssl.SSLContext | None
     producer_backend: Backend
     native_serializer: bool
@@ -177,10 +177,11 @@ class KafkaLogConfig:
     """At shutdown, how long to wait for pending entries to be delivered."""
     client_id: str = "kafka-log-middleware"
     """Kafka client id of the producer."""
-    authentication: SaslAuthentication | None = None
+    authentication: Authentication | Mapping[str, Any] | None = None
     """SASL towards the brokers, as Kong's: ``{"strategy": "sasl", "mechanism": "PLAIN" |
-    "SCRAM-SHA-256" | "SCRAM-SHA-512", "user": ..., "password": ...}`` (see ``security.py``)."""
-    security: TlsSettings | None = None
+    "SCRAM-SHA-256" | "SCRAM-SHA-512", "user": ..., "password": ...}``, or OAUTHBEARER with
+    a ``token_provider`` or the client-credentials grant (see ``security.py``)."""
+    security: TlsSettings | ssl.SSLContext | Mapping[str, Any] | None = None
     """TLS towards the brokers, as Kong's: ``{"ssl": True, "ssl_verify": True, "cafile": ...,
     "certfile": ..., "keyfile": ...}``, or an ``ssl.SSLContext`` (see ``security.py``)."""
     producer_backend: Backend = "aiokafka"
@@ -196,13 +197,23 @@ class KafkaLogConfig:
         if self.key is not None and self.key_query_arg is not None:
             raise InvalidConfig("key", "key and key_query_arg are exclusive: give one of them")
         if self.producer_backend == "confluent":
-            if self.security is not None and self.security.user_context:
+            if self.tls is not None and self.tls.user_context:
                 raise InvalidConfig(
                     "security",
                     "producer_backend='confluent' cannot use an ssl.SSLContext (librdkafka "
                     "makes its own): give security={'ssl': True, 'cafile': ..., ...} instead",
                 )
             _check_librdkafka(self)
+
+    @property
+    def sasl(self) -> Authentication | None:
+        """``authentication`` as checked: always one of these once the config is built."""
+        return cast("Authentication | None", self.authentication)
+
+    @property
+    def tls(self) -> TlsSettings | None:
+        """``security`` as checked: always one of these once the config is built."""
+        return cast("TlsSettings | None", self.security)
 
     # -- identity -------------------------------------------------------------
 
@@ -285,7 +296,7 @@ class KafkaLogConfig:
             "max_request_size": size,
             "linger_ms": 0,
             "enable_idempotence": False,
-            **aiokafka_security(self.authentication, self.security),
+            **aiokafka_security(self.sasl, self.tls),
         }
 
     # -- environment ----------------------------------------------------------

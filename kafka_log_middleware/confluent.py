@@ -13,20 +13,25 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import confluent_kafka
 
+from . import _log
 from .config import KafkaLogConfig
+from .oauth import TokenError, TokenSource
 from .producers import Failure, Message, OnDone, Producer, Verdict
-from .security import librdkafka_security
+from .security import OAuthBearer, librdkafka_security
 
 _POLL_INTERVAL = 0.005
 """Seconds between two polls for delivery reports while messages are in flight."""
 _IDLE_POLL = 0.25
 """Poll interval with nothing in flight (librdkafka's own events, e.g. errors)."""
+_TOKEN_RETRY = 5.0
+"""Seconds between two attempts to get a token while there is no valid one."""
 _CHUNK = 200
 """Messages queued per ``produce_batch`` call (~0.1 ms of work)."""
 _librdkafka_log = logging.getLogger("kafka_log_middleware.librdkafka")
@@ -61,7 +66,7 @@ def librdkafka_options(config: KafkaLogConfig) -> dict[str, Any]:
         "partitioner": "murmur2_random",
         # Connection trouble is reported by our own rate-limited warnings, not per attempt.
         "log_level": 2,
-        **librdkafka_security(config.authentication, config.security),
+        **librdkafka_security(config.sasl, config.tls),
     }
 
 
@@ -77,14 +82,22 @@ class ConfluentProducer(Producer):
         self._wake = asyncio.Event()
         self._client_errors: deque[Any] = deque(maxlen=8)
         """librdkafka's errors (``error_cb``), served by ``poll``."""
+        auth = config.sasl
+        self._tokens = TokenSource(auth) if isinstance(auth, OAuthBearer) else None
+        """OAUTHBEARER: fetched here, asynchronously; librdkafka's ``oauth_cb`` only reads it."""
+        self._token_retry_at = 0.0
 
     async def _open(self) -> None:
+        if self._tokens is not None:
+            await self._tokens.token()  # a TokenError is this attempt's refusal
         if self._producer is None:  # one client across attempts; it reconnects by itself
-            self._producer = confluent_kafka.Producer(
-                {**self._options, "error_cb": self._client_errors.append},
-                logger=_librdkafka_log,
-            )
+            options = {**self._options, "error_cb": self._client_errors.append}
+            if self._tokens is not None:
+                options["oauth_cb"] = self._oauth_token
+            self._producer = confluent_kafka.Producer(options, logger=_librdkafka_log)
         self._client_errors.clear()
+        if self._tokens is not None:
+            self._producer.poll(0)  # serves oauth_cb: the token before the first request
         # Metadata proves the cluster answers; it blocks, so it runs off the loop.
         try:
             await _in_a_thread(self._producer.list_topics, None, max(self._backoff, 1.0))
@@ -95,8 +108,14 @@ class ConfluentProducer(Producer):
             self._poll_forever(), name="kafka-log-poll"
         )
 
+    def _oauth_token(self, _settings: str) -> tuple[str, float]:
+        assert self._tokens is not None
+        return self._tokens.current()
+
     def _refusal(self, exc: BaseException) -> str | None:
         """A SASL or TLS refusal among librdkafka's errors for this attempt."""
+        if isinstance(exc, TokenError):
+            return f"OAUTHBEARER: {exc}"
         for error in reversed(self._client_errors):
             refusal = refusal_of(error)
             if refusal is not None:
@@ -106,6 +125,12 @@ class ConfluentProducer(Producer):
     async def _poll_forever(self) -> None:
         producer = self._producer
         while True:
+            if (
+                self._tokens is not None
+                and self._tokens.due()
+                and time.monotonic() >= self._token_retry_at
+            ):
+                await self._refresh_token()
             producer.poll(0)
             if self._in_flight:
                 await asyncio.sleep(_POLL_INTERVAL)
@@ -114,6 +139,15 @@ class ConfluentProducer(Producer):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_IDLE_POLL):  # not wait_for: see buffer.wait
                     await self._wake.wait()
+
+    async def _refresh_token(self) -> None:
+        """The next OAUTHBEARER token, ready before librdkafka asks for it (at 80 %)."""
+        assert self._tokens is not None
+        try:
+            await self._tokens.token()
+        except TokenError as exc:  # expired, and no new one: librdkafka's requests fail
+            self._token_retry_at = time.monotonic() + _TOKEN_RETRY
+            _log.warn("token", "kafka_log_middleware: no valid token: %s", exc)
 
     async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
         """Queue ``messages`` in librdkafka (see ``Producer.send``).

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import _log
 from .config import KafkaLogConfig
-from .security import HIDDEN
+from .security import HIDDEN, SaslAuthentication
 
 Message = tuple[bytes | None, bytes]
 """An encoded Kafka message: (key, value)."""
@@ -35,10 +35,14 @@ _MAX_CAUSE = 300
 def secrets_of(config: KafkaLogConfig) -> tuple[str, ...]:
     """The config's secrets: never to appear in what we log."""
     secrets = []
-    if config.authentication is not None:
-        secrets.append(config.authentication.password)
-    if config.security is not None and config.security.keyfile_password is not None:
-        secrets.append(config.security.keyfile_password)
+    authentication = config.sasl
+    if isinstance(authentication, SaslAuthentication):
+        secrets.append(authentication.password)
+    elif authentication is not None and authentication.client_secret is not None:
+        secrets.append(authentication.client_secret)
+    tls = config.tls
+    if tls is not None and tls.keyfile_password is not None:
+        secrets.append(tls.keyfile_password)
     return tuple(secret for secret in secrets if secret)
 
 

@@ -12,17 +12,31 @@ passwords) are never shown by ``repr`` nor quoted in an error.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import ssl
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
+
+from .oauth import TokenProvider
 
 Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 MECHANISMS: tuple[Mechanism, ...] = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+OAUTHBEARER = "OAUTHBEARER"
 HIDDEN = "<hidden>"
 """What a ``repr`` shows in place of a secret."""
 
 _AUTHENTICATION_KEYS = ("strategy", "mechanism", "user", "password", "tokenauth")
+_OAUTH_KEYS = (
+    "strategy",
+    "mechanism",
+    "token_provider",
+    "token_endpoint_url",
+    "client_id",
+    "client_secret",
+    "scopes",
+)
 _SECURITY_KEYS = (
     "ssl",
     "ssl_verify",
@@ -55,6 +69,28 @@ class SaslAuthentication:
     def __repr__(self) -> str:
         shown = f"mechanism={self.mechanism!r}, user={self.user!r}, password={HIDDEN}"
         return f"SaslAuthentication({shown})"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OAuthBearer:
+    """SASL OAUTHBEARER: tokens from ``token_provider`` (a function, sync or async), or
+    from an OAuth 2.0 token endpoint by the client-credentials grant (see ``oauth.py``)."""
+
+    token_provider: TokenProvider | None = None
+    token_endpoint_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = dataclasses.field(default=None, repr=False)
+    scopes: tuple[str, ...] = ()
+    mechanism: Literal["OAUTHBEARER"] = "OAUTHBEARER"
+
+    def __repr__(self) -> str:
+        if self.token_provider is not None:
+            return f"OAuthBearer(token_provider={self.token_provider!r})"
+        shown = f"token_endpoint_url={self.token_endpoint_url!r}, client_id={self.client_id!r}"
+        return f"OAuthBearer({shown}, client_secret={HIDDEN}, scopes={self.scopes!r})"
+
+
+Authentication = SaslAuthentication | OAuthBearer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -113,7 +149,7 @@ class TlsSettings:
         return self._identity() == other._identity()
 
 
-def security_protocol(authentication: SaslAuthentication | None, tls: TlsSettings | None) -> str:
+def security_protocol(authentication: Authentication | None, tls: TlsSettings | None) -> str:
     """Kafka's ``security.protocol`` for these settings."""
     if authentication is None:
         return "PLAINTEXT" if tls is None else "SSL"
@@ -121,23 +157,26 @@ def security_protocol(authentication: SaslAuthentication | None, tls: TlsSetting
 
 
 def aiokafka_security(
-    authentication: SaslAuthentication | None, tls: TlsSettings | None
+    authentication: Authentication | None, tls: TlsSettings | None
 ) -> dict[str, Any]:
-    """``AIOKafkaProducer`` keyword arguments for these settings."""
+    """``AIOKafkaProducer`` keyword arguments for these settings (for OAUTHBEARER, the
+    producer adds its token provider)."""
     options: dict[str, Any] = {"security_protocol": security_protocol(authentication, tls)}
     if tls is not None:
         options["ssl_context"] = tls.ssl_context
     if authentication is not None:
         options["sasl_mechanism"] = authentication.mechanism
+    if isinstance(authentication, SaslAuthentication):
         options["sasl_plain_username"] = authentication.user
         options["sasl_plain_password"] = authentication.password
     return options
 
 
 def librdkafka_security(
-    authentication: SaslAuthentication | None, tls: TlsSettings | None
+    authentication: Authentication | None, tls: TlsSettings | None
 ) -> dict[str, Any]:
-    """librdkafka properties for these settings (a user's ``SSLContext`` is refused earlier)."""
+    """librdkafka properties for these settings (a user's ``SSLContext`` is refused earlier;
+    for OAUTHBEARER, the producer adds its ``oauth_cb``)."""
     options: dict[str, Any] = {"security.protocol": security_protocol(authentication, tls)}
     if tls is not None:
         options["enable.ssl.certificate.verification"] = tls.ssl_verify
@@ -153,6 +192,7 @@ def librdkafka_security(
             options["ssl.key.password"] = tls.keyfile_password
     if authentication is not None:
         options["sasl.mechanism"] = authentication.mechanism
+    if isinstance(authentication, SaslAuthentication):
         options["sasl.username"] = authentication.user
         options["sasl.password"] = authentication.password
     return options
@@ -161,15 +201,17 @@ def librdkafka_security(
 # -- checks: plain values (or our objects) in, our objects out ----------------------------
 
 
-def check_authentication(field: str, value: Any) -> SaslAuthentication | None:
+def check_authentication(field: str, value: Any) -> Authentication | None:
     """``authentication`` as Kong gives it (a mapping), or None for no SASL."""
-    if value is None or isinstance(value, SaslAuthentication):
+    if value is None or isinstance(value, SaslAuthentication | OAuthBearer):
         return value
     if not isinstance(value, Mapping):
         raise SecurityError(
             field,
             f"{field} must be a mapping such as {{'strategy': 'sasl', ...}}, not {_kind(value)}",
         )
+    if value.get("mechanism") == OAUTHBEARER:
+        return _check_oauth(field, value)
     _only_known(field, value, _AUTHENTICATION_KEYS)
     strategy = value.get("strategy", "sasl")
     if strategy != "sasl":
@@ -180,7 +222,7 @@ def check_authentication(field: str, value: Any) -> SaslAuthentication | None:
         )
     mechanism = value.get("mechanism")
     if mechanism not in MECHANISMS:
-        shown = ", ".join(MECHANISMS)
+        shown = ", ".join((*MECHANISMS, OAUTHBEARER))
         if isinstance(mechanism, str):
             raise SecurityError(
                 field, f"{field}.mechanism must be one of {shown}, not {mechanism!r}"
@@ -189,6 +231,62 @@ def check_authentication(field: str, value: Any) -> SaslAuthentication | None:
     user = _required_text(field, value, "user", mechanism)
     password = _required_text(field, value, "password", mechanism)
     return SaslAuthentication(mechanism=mechanism, user=user, password=password)
+
+
+def _check_oauth(field: str, value: Mapping[str, Any]) -> OAuthBearer:
+    """OAUTHBEARER: a token provider, or the client-credentials grant's four settings."""
+    _only_known(field, value, _OAUTH_KEYS)
+    if value.get("strategy", "sasl") != "sasl":
+        raise SecurityError(field, f"{field}.strategy must be 'sasl' (Kong's only strategy)")
+    provider = value.get("token_provider")
+    grant = [
+        key
+        for key in ("token_endpoint_url", "client_id", "client_secret", "scopes")
+        if key in value
+    ]
+    if provider is not None:
+        if grant:
+            raise SecurityError(
+                field, f"{field}: give token_provider or {', '.join(grant)}, not both"
+            )
+        if not callable(provider):
+            raise SecurityError(
+                field, f"{field}.token_provider must be a function, not {_kind(provider)}"
+            )
+        try:
+            inspect.signature(provider).bind()
+        except TypeError:
+            raise SecurityError(field, f"{field}.token_provider must take no arguments") from None
+        except ValueError:
+            pass  # a builtin without a signature: trust it
+        try:
+            hash(provider)
+        except TypeError:
+            raise SecurityError(
+                field, f"{field}.token_provider must be hashable (the config is)"
+            ) from None
+        return OAuthBearer(token_provider=provider)
+    if not grant:
+        raise SecurityError(
+            field,
+            f"{field}: OAUTHBEARER needs a token_provider, or token_endpoint_url, client_id "
+            "and client_secret (the client-credentials grant)",
+        )
+    url = _required_text(field, value, "token_endpoint_url", OAUTHBEARER)
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise SecurityError(field, f"{field}.token_endpoint_url must be an http(s) URL")
+    client_id = _required_text(field, value, "client_id", OAUTHBEARER)
+    secret = _required_text(field, value, "client_secret", OAUTHBEARER)
+    scopes = value.get("scopes", ())
+    if isinstance(scopes, str) or not isinstance(scopes, Iterable):
+        raise SecurityError(field, f"{field}.scopes must be a list of strings")
+    scopes = tuple(scopes)
+    if not all(isinstance(scope, str) and scope and " " not in scope for scope in scopes):
+        raise SecurityError(field, f"{field}.scopes must be non-empty strings without spaces")
+    return OAuthBearer(
+        token_endpoint_url=url, client_id=client_id, client_secret=secret, scopes=scopes
+    )
 
 
 def check_security(field: str, value: Any) -> TlsSettings | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +27,7 @@ from devtools.kafka_tls import Certificates, make_certificates
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, _log
 from tests.asgi_driver import http_scope, lifespan, request
 from tests.kafka_helpers import consume, unique_topic
+from tests.oauth_server import token_endpoint, unsecured_token
 from tests.polling import eventually
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
@@ -151,6 +153,26 @@ def reference() -> dict[str, list[dict[str, Any]]]:
     return {}
 
 
+async def publish_reference(
+    secured_kafka: SecuredKafka, backend: str, reference: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Fill ``reference[backend]``: the entries of ``scopes()`` published without security."""
+    if backend in reference:
+        return
+    plaintext = secured_kafka.broker.bootstrap_servers
+    topic = unique_topic(f"security-reference-{backend}")
+    await publish(
+        KafkaLogConfig(
+            bootstrap_servers=(plaintext,),
+            topic=topic,
+            producer_backend=backend,  # type: ignore[arg-type]
+            producer_async_flush_timeout=20,
+        )
+    )
+    reference[backend] = await entries(plaintext, topic)
+    assert len(reference[backend]) == len(scopes())
+
+
 @pytest.mark.parametrize("case", list(CASES))
 async def test_each_mechanism_publishes_the_same_entries(
     secured_kafka: SecuredKafka,
@@ -158,20 +180,9 @@ async def test_each_mechanism_publishes_the_same_entries(
     case: str,
     reference: dict[str, list[dict[str, Any]]],
 ) -> None:
+    await publish_reference(secured_kafka, backend, reference)
     broker, certs = secured_kafka.broker, secured_kafka.certs
     plaintext = broker.bootstrap_servers
-    if backend not in reference:
-        topic = unique_topic(f"security-reference-{backend}")
-        await publish(
-            KafkaLogConfig(
-                bootstrap_servers=(plaintext,),
-                topic=topic,
-                producer_backend=backend,  # type: ignore[arg-type]
-                producer_async_flush_timeout=20,
-            )
-        )
-        reference[backend] = await entries(plaintext, topic)
-        assert len(reference[backend]) == len(scopes())
     listener, settings = CASES[case]
     topic = unique_topic(f"security-{case}-{backend}")
     config = KafkaLogConfig(
@@ -265,3 +276,120 @@ async def test_a_refused_connection_is_named_counted_and_fixed_by_update_config(
     emitted += [repr(config), caplog.text]
     assert not [text for text in emitted if PLANTED in text or PASSWORD in text]
     assert len(await consume(broker.bootstrap_servers, topic, 3, settle=0.5)) == 3
+
+
+# -- OAUTHBEARER (Kafka's unsecured-JWS validator) ----------------------------------------
+
+
+def sync_provider() -> str:
+    return unsecured_token("logger")
+
+
+async def async_provider() -> tuple[str, float]:
+    return unsecured_token("logger"), time.time() + 3600
+
+
+def failing_provider() -> str:
+    raise RuntimeError(f"the identity provider is down ({PLANTED})")
+
+
+@pytest.mark.parametrize("listener", ["SASL_PLAINTEXT", "SASL_SSL"])
+@pytest.mark.parametrize("provider", [sync_provider, async_provider], ids=["sync", "async"])
+async def test_oauthbearer_with_a_token_provider(
+    secured_kafka: SecuredKafka,
+    backend: str,
+    listener: str,
+    provider: Any,
+    reference: dict[str, list[dict[str, Any]]],
+) -> None:
+    await publish_reference(secured_kafka, backend, reference)
+    security = (
+        {"ssl": True, "cafile": str(secured_kafka.certs.ca)} if listener == "SASL_SSL" else None
+    )
+    topic = unique_topic(f"oauth-{backend}")
+    config = KafkaLogConfig(
+        bootstrap_servers=(secured_kafka.broker.listener(listener),),
+        topic=topic,
+        producer_backend=backend,  # type: ignore[arg-type]
+        producer_async_flush_timeout=20,
+        authentication={"mechanism": "OAUTHBEARER", "token_provider": provider},
+        security=security,
+    )
+    stats = await publish(config)
+    assert stats["delivered"] == len(scopes()) and stats["dropped"] == 0
+    assert await entries(secured_kafka.broker.bootstrap_servers, topic) == reference[backend]
+
+
+async def test_oauthbearer_by_client_credentials(
+    secured_kafka: SecuredKafka, backend: str, reference: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Kong 3.15's form: the token comes from the token endpoint (client-credentials grant)."""
+    await publish_reference(secured_kafka, backend, reference)
+    topic = unique_topic(f"oauth-grant-{backend}")
+    with token_endpoint("kafka-log", PASSWORD) as (url, grants):
+        config = KafkaLogConfig(
+            bootstrap_servers=(secured_kafka.broker.listener("SASL_PLAINTEXT"),),
+            topic=topic,
+            producer_backend=backend,  # type: ignore[arg-type]
+            producer_async_flush_timeout=20,
+            authentication={
+                "strategy": "sasl",
+                "mechanism": "OAUTHBEARER",
+                "token_endpoint_url": url,
+                "client_id": "kafka-log",
+                "client_secret": PASSWORD,
+                "scopes": ["logs", "write"],
+            },
+        )
+        stats = await publish(config)
+    assert stats["delivered"] == len(scopes())
+    assert grants and grants[0] == {"grant_type": "client_credentials", "scope": "logs write"}
+    assert await entries(secured_kafka.broker.bootstrap_servers, topic) == reference[backend]
+
+
+@pytest.mark.parametrize("failure", ["provider-raises", "endpoint-refuses"])
+async def test_oauthbearer_without_a_token_is_named_counted_and_fixed_by_update_config(
+    secured_kafka: SecuredKafka, backend: str, failure: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _log.reset()
+    topic = unique_topic(f"oauth-refused-{backend}")
+    with token_endpoint("kafka-log", PASSWORD) as (url, _):
+        wrong: dict[str, Any] = (
+            {"mechanism": "OAUTHBEARER", "token_provider": failing_provider}
+            if failure == "provider-raises"
+            else {
+                "mechanism": "OAUTHBEARER",
+                "token_endpoint_url": url,
+                "client_id": "kafka-log",
+                "client_secret": PLANTED,
+            }
+        )
+        config = KafkaLogConfig(
+            bootstrap_servers=(secured_kafka.broker.listener("SASL_PLAINTEXT"),),
+            topic=topic,
+            producer_backend=backend,  # type: ignore[arg-type]
+            producer_async_flush_timeout=20,
+            producer_request_retries_max_attempts=2,
+            authentication=wrong,
+        )
+        app = Starlette(routes=[Route("/items/{item_id}", item, name="item")])
+        middleware = KafkaLogMiddleware(app, config)
+        with caplog.at_level(logging.WARNING, logger="kafka_log_middleware"):
+            async with lifespan(middleware):
+                for scope in scopes():
+                    assert (await request(middleware, scope)).status == 200
+                await eventually(lambda: middleware.stats()["dropped_security"] == 3, timeout=60)
+                middleware.update_config(
+                    authentication={"mechanism": "OAUTHBEARER", "token_provider": sync_provider}
+                )
+                for scope in scopes():
+                    assert (await request(middleware, scope)).status == 200
+                await eventually(lambda: middleware.stats()["delivered"] == 3, timeout=60)
+                emitted = [repr(middleware), repr(middleware.stats())]
+    cause = "token provider raised RuntimeError" if failure == "provider-raises" else "HTTP 401"
+    refusals = [
+        r.getMessage() for r in caplog.records if "refuses the connection" in r.getMessage()
+    ]
+    assert refusals and all("OAUTHBEARER: " in m and cause in m for m in refusals)
+    emitted += [caplog.text, repr(config)]
+    assert not [text for text in emitted if PLANTED in text or PASSWORD in text]

@@ -14,7 +14,7 @@ from devtools.kafka_tls import Certificates, make_certificates
 from kafka_log_middleware import KafkaLogConfig
 from kafka_log_middleware.config import InvalidConfig
 from kafka_log_middleware.confluent import librdkafka_options
-from kafka_log_middleware.security import SaslAuthentication, TlsSettings
+from kafka_log_middleware.security import OAuthBearer, SaslAuthentication, TlsSettings
 
 SECRET = "PLANTED-s3cret-9d1c"
 
@@ -257,3 +257,70 @@ def test_from_env_and_settings_take_the_same_objects(certs: Certificates) -> Non
     assert "KAFKA_LOG_AUTHENTICATION" in str(caught.value) and "user is required" in str(
         caught.value
     )
+
+
+# -- OAUTHBEARER ----------------------------------------------------------------------------
+
+
+def provider() -> str:
+    return "token"
+
+
+def test_oauthbearer_maps_onto_both_clients() -> None:
+    made = config(authentication={"mechanism": "OAUTHBEARER", "token_provider": provider})
+    assert made.sasl == OAuthBearer(token_provider=provider)
+    aio = made.aiokafka_options()
+    assert (aio["security_protocol"], aio["sasl_mechanism"]) == ("SASL_PLAINTEXT", "OAUTHBEARER")
+    assert "sasl_plain_password" not in aio
+    rd = librdkafka_options(made)
+    assert (rd["security.protocol"], rd["sasl.mechanism"]) == ("SASL_PLAINTEXT", "OAUTHBEARER")
+    assert "sasl.password" not in rd
+
+
+def test_the_client_credentials_form_hides_its_secret() -> None:
+    made = config(
+        authentication={
+            "strategy": "sasl",
+            "mechanism": "OAUTHBEARER",
+            "token_endpoint_url": "https://idp.example.com/token",
+            "client_id": "logger",
+            "client_secret": SECRET,
+            "scopes": ["kafka"],
+        }
+    )
+    assert made.sasl == OAuthBearer(
+        token_endpoint_url="https://idp.example.com/token",
+        client_id="logger",
+        client_secret=SECRET,
+        scopes=("kafka",),
+    )
+    assert SECRET not in repr(made) and "<hidden>" in repr(made)
+
+
+def grant(**changes: Any) -> dict[str, Any]:
+    fields = {
+        "mechanism": "OAUTHBEARER",
+        "token_endpoint_url": "https://idp.example.com/token",
+        "client_id": "logger",
+        "client_secret": SECRET,
+    }
+    return {key: value for key, value in (fields | changes).items() if value is not None}
+
+
+@pytest.mark.parametrize(
+    ("authentication", "says"),
+    [
+        ({"mechanism": "OAUTHBEARER"}, "needs a token_provider"),
+        ({"mechanism": "OAUTHBEARER", "token_provider": "token"}, "must be a function"),
+        ({"mechanism": "OAUTHBEARER", "token_provider": lambda x: x}, "take no arguments"),
+        (grant(token_provider=provider), "not both"),
+        (grant(client_secret=None), "client_secret is required"),
+        (grant(client_id=None), "client_id is required"),
+        (grant(token_endpoint_url="ftp://idp/token"), "http(s) URL"),
+        (grant(scopes="kafka"), "list of strings"),
+        (grant(scopes=["a b"]), "without spaces"),
+        (grant(user="u"), "'user' is not one of its keys"),
+    ],
+)
+def test_a_bad_oauthbearer_is_refused_naming_the_field(authentication: Any, says: str) -> None:
+    assert says in refused("authentication", authentication=authentication)
