@@ -267,7 +267,8 @@ def config_from_settings() -> KafkaLogConfig:
 
 
 def _import_hooks(value: Mapping[str, Any]) -> dict[str, Any]:
-    """Hooks given as dotted paths ("myapp.logging.consumer") are imported."""
+    """Hooks given as dotted paths ("myapp.logging.consumer") are imported, and so is an
+    OAUTHBEARER ``token_provider``."""
     fields = dict(value)
     for name in _HOOK_FIELDS:
         if isinstance(fields.get(name), str):
@@ -278,6 +279,12 @@ def _import_hooks(value: Mapping[str, Any]) -> dict[str, Any]:
             key: _imported(f"custom_fields.{key}", hook) if isinstance(hook, str) else hook
             for key, hook in custom.items()
         }
+    authentication = fields.get("authentication")
+    if isinstance(authentication, Mapping) and isinstance(
+        authentication.get("token_provider"), str
+    ):
+        provider = _imported("authentication.token_provider", authentication["token_provider"])
+        fields["authentication"] = {**authentication, "token_provider": provider}
     return fields
 
 

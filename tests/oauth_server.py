@@ -70,3 +70,8 @@ def token_endpoint(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def logger_token() -> str:
+    """A token provider: an unsecured token for the principal ``logger``."""
+    return unsecured_token("logger")

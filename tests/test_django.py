@@ -28,11 +28,13 @@ from django.urls import path  # noqa: E402
 
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, set_serialize_value  # noqa: E402
 from kafka_log_middleware.django import KafkaLogMiddleware as DjangoMiddleware  # noqa: E402
-from kafka_log_middleware.django import authenticated_user  # noqa: E402
+from kafka_log_middleware.django import authenticated_user, config_from_settings  # noqa: E402
 from kafka_log_middleware.gateway import upstream  # noqa: E402
+from kafka_log_middleware.security import OAuthBearer  # noqa: E402
 from kafka_log_middleware.wsgi import KafkaLogWSGIMiddleware  # noqa: E402
 from tests import django_project  # noqa: E402
 from tests.kafka_helpers import consume, unique_topic  # noqa: E402
+from tests.oauth_server import logger_token  # noqa: E402
 from tests.polling import wait_until  # noqa: E402
 from tests.scripted import Scripted  # noqa: E402
 from tests.servers import free_port, gunicorn, serve, server_process  # noqa: E402
@@ -196,9 +198,29 @@ def test_hooks_as_dotted_paths_and_the_authenticated_user_as_consumer(
     assert "consumer" not in hello  # nobody signed in
 
 
+def test_secured_kafka_settings_with_a_token_provider_as_a_dotted_path() -> None:
+    """``authentication`` and ``security`` as dicts; the OAUTHBEARER provider imported."""
+    value = {
+        **SCRIPTED,
+        "authentication": {
+            "mechanism": "OAUTHBEARER",
+            "token_provider": "tests.oauth_server.logger_token",
+        },
+        "security": {"ssl": True, "ssl_verify": False},
+    }
+    with override_settings(KAFKA_LOG=value):
+        config = config_from_settings()
+    assert config.sasl == OAuthBearer(token_provider=logger_token)
+    assert config.aiokafka_options()["security_protocol"] == "SASL_SSL"
+
+
 @pytest.mark.parametrize(
     ("value", "named"),
     [
+        (
+            {**SCRIPTED, "authentication": {"mechanism": "PLAIN", "user": "u"}},
+            "settings.KAFKA_LOG: authentication.password is required for PLAIN",
+        ),
         ({**SCRIPTED, "topik": "x"}, "'topik' is no KafkaLogConfig field (did you mean 'topic'?)"),
         ({**SCRIPTED, "topic": "a b"}, "settings.KAFKA_LOG: topic 'a b' is not a legal"),
         ({**SCRIPTED, "consumer": "no.such.hook"}, "consumer: cannot import 'no.such.hook'"),
