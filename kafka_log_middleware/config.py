@@ -99,6 +99,7 @@ class KafkaLogFields(TypedDict, total=False):
     producer_async_buffering_limits_messages_in_memory: int
     log_format: LogFormat
     redact_headers: Iterable[str]
+    redact_response_headers: Iterable[str]
     service: Mapping[str, Any] | None
     route: Hook | None
     consumer: Hook | None
@@ -150,8 +151,12 @@ class KafkaLogConfig:
 
     log_format: LogFormat = "kong2"
     """``"kong2"`` (Kong 2.0 basic serializer) or ``"kong3"`` (Kong 3.x ``kong.log.serialize``)."""
-    redact_headers: tuple[str, ...] = ("authorization", "proxy-authorization")
-    """Request headers whose values are replaced by ``"REDACTED"``; ``()`` logs them raw."""
+    redact_headers: tuple[str, ...] = ("authorization", "proxy-authorization", "cookie")
+    """Request headers whose values are replaced by ``"REDACTED"``; ``()`` logs them raw
+    (Kong's output)."""
+    redact_response_headers: tuple[str, ...] = ("set-cookie",)
+    """Response headers whose values are replaced by ``"REDACTED"``; ``()`` logs them raw
+    (Kong's output)."""
     service: Mapping[str, Any] | None = None
     """Kong's ``service`` entity for this app (for example ``{"name": "orders"}``)."""
     route: Hook | None = matched_route
@@ -378,7 +383,7 @@ def _parse_env(name: str, raw: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ValueError("expected true or false")
-    if name == "redact_headers":
+    if name in ("redact_headers", "redact_response_headers"):
         return tuple(h.strip() for h in raw.split(",") if h.strip())
     if name == "service":
         return _parse_service(raw)
@@ -704,6 +709,7 @@ _CHECKS: dict[str, Check] = {
     "producer_async_buffering_limits_messages_in_memory": _int_in(1),
     "log_format": _choice(*_FORMATS),
     "redact_headers": _header_names,
+    "redact_response_headers": _header_names,
     "service": _service,
     "route": _optional(_hook),
     "consumer": _optional(_hook),

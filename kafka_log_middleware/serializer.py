@@ -57,7 +57,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installation
     _native_module = None  # type: ignore[assignment, unused-ignore]
 # A module built from another version of this package (another protocol) is ignored.
-_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 3 else None
+_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 4 else None
 
 _plans: dict[int, tuple[KafkaLogConfig, Any]] = {}
 """id(config) → (config, its native Plan or None); holding the config keeps the id unique."""
@@ -102,6 +102,7 @@ def _new_plan(config: KafkaLogConfig) -> Any:
                 _native_tables,
                 kong3=config.log_format == "kong3",
                 redact_headers=config.redact_headers,
+                redact_response_headers=config.redact_response_headers,
                 request_id_header=config.request_id_header,
                 workspace=config.workspace,
                 workspace_name=config.workspace_name,
@@ -177,9 +178,7 @@ def _request(
     scope = request.scope
     config = request.config
     headers = nginx_vars.request_headers(scope.get("headers", ()))
-    for name in config.redact_headers:
-        if name in headers:
-            headers[name] = REDACTED
+    _redact(headers, config.redact_headers)
     size = nginx_vars.request_length(request, target)
     out: dict[str, Any] = {
         "uri": uri,
@@ -232,11 +231,21 @@ def _response(request: CapturedRequest, kong3: bool) -> dict[str, Any]:
         else:
             status, raw_headers = 500, nginx_vars.SERVER_ERROR_HEADERS
     size = nginx_vars.bytes_sent(request)
+    headers = nginx_vars.headers(raw_headers)
+    _redact(headers, request.config.redact_response_headers)
     return {
         "status": status,
-        "headers": nginx_vars.headers(raw_headers),
+        "headers": headers,
         "size": size if kong3 else str(size),
     }
+
+
+def _redact(headers: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Each value of the ``names`` headers as ``"REDACTED"`` (a repeated one stays a list)."""
+    for name in names:
+        value = headers.get(name)
+        if value is not None:
+            headers[name] = [REDACTED] * len(value) if isinstance(value, list) else REDACTED
 
 
 def _latencies(request: CapturedRequest, kong3: bool) -> dict[str, int]:

@@ -69,7 +69,8 @@ def test_defaults_are_the_kong_plugins() -> None:
     assert config.producer_async_flush_timeout == 1000
     assert config.producer_async_buffering_limits_messages_in_memory == 50000
     assert config.log_format == "kong2"
-    assert config.redact_headers == ("authorization", "proxy-authorization")
+    assert config.redact_headers == ("authorization", "proxy-authorization", "cookie")
+    assert config.redact_response_headers == ("set-cookie",)
     assert config.route is matched_route
     assert config.service is None and config.consumer is None and config.key is None
 

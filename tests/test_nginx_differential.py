@@ -58,7 +58,9 @@ CONFIGS = {
         bootstrap_servers=("127.0.0.1:9092",),
         topic="t",
         log_format=layout,
-        redact_headers=(),  # nginx has no redaction: compare raw header values
+        # nginx has no redaction: compare raw header values
+        redact_headers=(),
+        redact_response_headers=(),
     )
     for layout in LAYOUTS
 }

@@ -156,7 +156,7 @@ _GET_REQUEST: dict[str, Any] = {
 _GET_RESPONSE_HEADERS = {
     "content-type": "application/json",
     "content-length": "13",
-    "set-cookie": ["a=1", "b=2"],
+    "set-cookie": ["REDACTED", "REDACTED"],  # redact_response_headers' default
 }
 
 
@@ -356,7 +356,7 @@ def test_redaction_is_configurable_and_applies_to_repeated_headers(layout: LogFo
     scope["headers"] = [(b"authorization", b"a"), (b"x-api-key", b"k1"), (b"x-api-key", b"k2")]
     config = _config(layout, redact_headers=("X-Api-Key",))
     headers = build_entry(_request(scope, config))["request"]["headers"]
-    assert headers == {"authorization": "a", "x-api-key": "REDACTED"}
+    assert headers == {"authorization": "a", "x-api-key": ["REDACTED", "REDACTED"]}
 
 
 def test_redaction_none_absent_header_is_not_added() -> None:
@@ -365,9 +365,12 @@ def test_redaction_none_absent_header_is_not_added() -> None:
     assert build_entry(_request(scope))["request"]["headers"] == {"accept": "*/*"}
 
 
-def test_response_headers_are_never_redacted() -> None:
+def test_response_headers_redacted_are_set_cookie_by_default_only() -> None:
     request = _request(response_headers=[(b"authorization", b"x"), (b"set-cookie", b"s")])
-    assert build_entry(request)["response"]["headers"] == {"authorization": "x", "set-cookie": "s"}
+    assert build_entry(request)["response"]["headers"] == {
+        "authorization": "x",
+        "set-cookie": "REDACTED",
+    }
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -673,7 +676,7 @@ def test_kong2_entry_bytes_in_key_order() -> None:
         b'"x-q":"\\"\\\\\\n\xc3\xa9\\u0001"},"size":"53","tls":{"version":"TLSv1.3",'
         b'"cipher":"TLS_AES_128_GCM_SHA256","client_verify":"NONE"}},'
         b'"upstream_uri":"/orders/42?a=1","response":{"status":200,"headers":'
-        b'{"content-type":"application/json","content-length":"13","set-cookie":["a=1","b=2"]},'
+        b'{"content-type":"application/json","content-length":"13","set-cookie":["REDACTED","REDACTED"]},'
         b'"size":"118"},"latencies":{"request":15,"proxy":12,"kong":3},'
         b'"client_ip":"10.0.0.7","started_at":1700000000500,"service":{"name":"orders"},'
         b'"route":{"name":"r"},"consumer":{"id":1},"authenticated_entity":{"ok":true}}'
@@ -702,7 +705,7 @@ def test_kong3_entry_bytes_in_key_order() -> None:
         b'"tls":{"version":"TLSv1.2","cipher":"0xC0FF","client_verify":"NONE"},"id":"id-1"},'
         b'"upstream_uri":"/orders/42","response":{"status":200,'
         b'"headers":{"content-type":"application/json","content-length":"13",'
-        b'"set-cookie":["a=1","b=2"]},"size":118},'
+        b'"set-cookie":["REDACTED","REDACTED"]},"size":118},'
         b'"latencies":{"request":15,"proxy":12,"kong":0,"receive":3},'
         b'"client_ip":"10.0.0.7","started_at":1700000000500,"upstream_status":"200",'
         b'"source":"upstream",'
@@ -1158,7 +1161,7 @@ CORPUS: list[Case] = [
     ),
     _headers_case(
         [(b"authorization", b"a"), (b"x-api-key", b"k1"), (b"X-API-KEY", b"k2")],
-        {"authorization": "a", "x-api-key": "REDACTED"},
+        {"authorization": "a", "x-api-key": ["REDACTED", "REDACTED"]},
         _sent(_GET_LINE, b"authorization: a\r\nx-api-key: k1\r\nX-API-KEY: k2\r\n\r\n", body=42),
         config={"redact_headers": ("X-Api-Key",)},
     ),
@@ -1279,7 +1282,24 @@ CORPUS: list[Case] = [
         _sent(_GET_LINE, b"transfer-encoding: chunked, gzip\r\n\r\n", body=42),
     ),
     Case(
-        "response headers are never redacted",
+        "response headers: set-cookie redacted by default, each value",
+        {
+            "response.headers": {"authorization": "x", "set-cookie": ["REDACTED", "REDACTED"]},
+            "response.size": _sent(
+                b"HTTP/1.1 200 OK\r\nauthorization: x\r\nset-cookie: s\r\nset-cookie: t\r\n\r\n",
+                body=13,
+            ),
+        },
+        facts={
+            "response_headers": [
+                (b"authorization", b"x"),
+                (b"set-cookie", b"s"),
+                (b"set-cookie", b"t"),
+            ]
+        },
+    ),
+    Case(
+        "response headers: raw with redact_response_headers=()",
         {
             "response.headers": {"authorization": "x", "set-cookie": "s"},
             "response.size": _sent(
@@ -1287,6 +1307,18 @@ CORPUS: list[Case] = [
             ),
         },
         facts={"response_headers": [(b"authorization", b"x"), (b"set-cookie", b"s")]},
+        config={"redact_response_headers": ()},
+    ),
+    Case(
+        "response headers: configured names redacted",
+        {
+            "response.headers": {"x-token": "REDACTED", "set-cookie": "s"},
+            "response.size": _sent(
+                b"HTTP/1.1 200 OK\r\nX-Token: x\r\nset-cookie: s\r\n\r\n", body=13
+            ),
+        },
+        facts={"response_headers": [(b"X-Token", b"x"), (b"set-cookie", b"s")]},
+        config={"redact_response_headers": ("X-Token",)},
     ),
     Case(
         "response headers: names lower-cased, repeats in a list",

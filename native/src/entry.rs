@@ -110,7 +110,7 @@ fn head<'a, 'py>(
     for name in &plan.redact {
         logged.redact(name);
     }
-    write_headers(out, &logged, Some(&tables.redacted));
+    write_headers(out, &logged, &tables.redacted);
     out.extend_from_slice(b",\"size\":");
     let size = request_length(facts, scope, method, target.size, &headers)?;
     write_size(out, plan, size);
@@ -407,8 +407,9 @@ fn write_args(out: &mut Vec<u8>, args: &Fields<'_, Arg<'_>>) {
     out.push(b'}');
 }
 
-/// Logged headers; `redacted` replaces the values of the redacted names.
-fn write_headers(out: &mut Vec<u8>, headers: &Fields<'_, &[u8]>, redacted: Option<&str>) {
+/// Logged headers; `redacted` replaces each value of the redacted names (a repeated
+/// header stays an array).
+fn write_headers(out: &mut Vec<u8>, headers: &Fields<'_, &[u8]>, redacted: &str) {
     out.push(b'{');
     for (i, field) in headers.items.iter().enumerate() {
         if i > 0 {
@@ -416,11 +417,10 @@ fn write_headers(out: &mut Vec<u8>, headers: &Fields<'_, &[u8]>, redacted: Optio
         }
         json::latin1(out, &field.key);
         out.push(b':');
-        match redacted {
-            Some(text) if field.redacted => json::string(out, text),
-            _ => write_list(out, &field.first, &field.more, |out, value| {
-                json::text(out, value)
-            }),
+        if field.redacted {
+            write_list(out, &field.first, &field.more, |out, _| json::string(out, redacted));
+        } else {
+            write_list(out, &field.first, &field.more, |out, value| json::text(out, value));
         }
     }
     out.push(b'}');
@@ -632,7 +632,10 @@ fn write_response_fields(
     out.extend_from_slice(b",\"headers\":");
     let mut logged = Fields::new();
     nginx::headers(&mut logged, headers);
-    write_headers(out, &logged, None);
+    for name in &plan.redact_response {
+        logged.redact(name);
+    }
+    write_headers(out, &logged, &plan.tables.get().redacted);
     out.extend_from_slice(b",\"size\":");
     write_size(out, plan, size);
     out.push(b'}');

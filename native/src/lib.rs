@@ -18,7 +18,7 @@ mod nginx;
 mod value;
 
 /// Version of the calling convention between this module and `serializer.py`.
-const PROTOCOL: u32 = 3;
+const PROTOCOL: u32 = 4;
 
 /// Constants of `kafka_log_middleware` the entry depends on, given once at import so
 /// that the Python modules stay their single source.
@@ -83,6 +83,8 @@ pub struct Plan {
     /// `redact_headers` as latin-1 bytes (the form header names are compared in); a
     /// name that is not latin-1 can match no header and is left out.
     redact: Vec<Vec<u8>>,
+    /// `redact_response_headers`, in the same form.
+    redact_response: Vec<Vec<u8>>,
     /// kong3 only: `request_id_header` as latin-1 bytes.
     request_id_header: Option<Vec<u8>>,
     workspace: Option<String>,
@@ -100,7 +102,8 @@ impl Plan {
     /// Raises `ValueError` for a config whose entries only the Python path can build.
     #[new]
     #[pyo3(signature = (
-        tables, *, kong3, redact_headers, request_id_header, workspace, workspace_name,
+        tables, *, kong3, redact_headers, redact_response_headers, request_id_header,
+        workspace, workspace_name,
         service, route, route_is_default, consumer, authenticated_entity
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -108,6 +111,7 @@ impl Plan {
         tables: Py<Tables>,
         kong3: bool,
         redact_headers: Vec<Bound<'_, PyString>>,
+        redact_response_headers: Vec<Bound<'_, PyString>>,
         request_id_header: Option<String>,
         workspace: Option<Bound<'_, PyAny>>,
         workspace_name: Bound<'_, PyAny>,
@@ -118,10 +122,14 @@ impl Plan {
         authenticated_entity: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let unsupported = || pyo3::exceptions::PyValueError::new_err("not for the native encoder");
-        let redact = redact_headers
-            .iter()
-            .filter_map(|name| latin1(name.to_str().ok()?))
-            .collect();
+        let names = |names: &[Bound<'_, PyString>]| -> Vec<Vec<u8>> {
+            names
+                .iter()
+                .filter_map(|name| latin1(name.to_str().ok()?))
+                .collect()
+        };
+        let redact = names(&redact_headers);
+        let redact_response = names(&redact_response_headers);
         let (request_id_header, workspace, workspace_name) = if kong3 {
             let request_id_header = match request_id_header {
                 Some(name) => Some(latin1(&name).ok_or_else(unsupported)?),
@@ -140,6 +148,7 @@ impl Plan {
             tables,
             kong3,
             redact,
+            redact_response,
             request_id_header,
             workspace,
             workspace_name,
