@@ -100,6 +100,8 @@ class KafkaLogFields(TypedDict, total=False):
     log_format: LogFormat
     redact_headers: Iterable[str]
     redact_response_headers: Iterable[str]
+    redact_query_args: Iterable[str]
+    redaction_key: str | bytes | None
     service: Mapping[str, Any] | None
     route: Hook | None
     consumer: Hook | None
@@ -157,6 +159,12 @@ class KafkaLogConfig:
     redact_response_headers: tuple[str, ...] = ("set-cookie",)
     """Response headers whose values are replaced by ``"REDACTED"``; ``()`` logs them raw
     (Kong's output)."""
+    redact_query_args: tuple[str, ...] = ()
+    """Query arguments whose values are redacted wherever the query appears
+    (``querystring``, ``uri``, ``url``, ``upstream_uri``), e.g. ``("apikey", "token")``."""
+    redaction_key: bytes | None = None
+    """Set: redacted values become ``"hmac-sha256:<hex>"`` of the value under this key
+    (at least 16 bytes), so one credential can be followed across entries; never shown."""
     service: Mapping[str, Any] | None = None
     """Kong's ``service`` entity for this app (for example ``{"name": "orders"}``)."""
     route: Hook | None = matched_route
@@ -237,8 +245,11 @@ class KafkaLogConfig:
         shown = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}"
             for f in dataclasses.fields(self)
-            if getattr(self, f.name) != f.default and f.name not in ("custom_fields",)
+            if getattr(self, f.name) != f.default
+            and f.name not in ("custom_fields", "redaction_key")
         )
+        if self.redaction_key is not None:
+            shown += ", redaction_key=<hidden>"
         return f"KafkaLogConfig({shown})"
 
     @classmethod
@@ -383,7 +394,7 @@ def _parse_env(name: str, raw: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ValueError("expected true or false")
-    if name in ("redact_headers", "redact_response_headers"):
+    if name in ("redact_headers", "redact_response_headers", "redact_query_args"):
         return tuple(h.strip() for h in raw.split(",") if h.strip())
     if name == "service":
         return _parse_service(raw)
@@ -554,6 +565,25 @@ def _header_names(name: str, value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_header_name(name, item) for item in value))
 
 
+def _arg_names(name: str, value: Any) -> tuple[str, ...]:
+    """Query argument names, as ``get_uri_args`` decodes them (case-sensitive)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidConfigType(
+            name, f"{name} must be a list of argument names, not {_kind(value)}"
+        )
+    return tuple(dict.fromkeys(_text(name, item, empty=False) for item in value))
+
+
+def _redaction_key(name: str, value: Any) -> bytes:
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, bytes):
+        raise InvalidConfigType(name, f"{name} must be bytes or a string, not {_kind(value)}")
+    if len(value) < 16:
+        raise InvalidConfig(name, f"{name} must be at least 16 bytes (a secret key)")
+    return bytes(value)
+
+
 def _servers(name: str, value: Any) -> tuple[str, ...]:
     items: Iterable[Any]
     if isinstance(value, str):
@@ -710,6 +740,8 @@ _CHECKS: dict[str, Check] = {
     "log_format": _choice(*_FORMATS),
     "redact_headers": _header_names,
     "redact_response_headers": _header_names,
+    "redact_query_args": _arg_names,
+    "redaction_key": _optional(_redaction_key),
     "service": _service,
     "route": _optional(_hook),
     "consumer": _optional(_hook),

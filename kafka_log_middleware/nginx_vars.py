@@ -10,7 +10,7 @@ from __future__ import annotations
 import http
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, unquote_to_bytes
 
@@ -340,6 +340,19 @@ def uri_args(
         if count == max_args:
             break
     return args
+
+
+def redact_args(query: bytes, names: frozenset[str], mark: Callable[[bytes], bytes]) -> bytes:
+    """``query`` with the value of each argument named in ``names`` (as
+    ``get_uri_args`` decodes names) replaced by ``mark(value)``; a valueless one stays."""
+    parts = query.split(b"&")
+    changed = False
+    for i, part in enumerate(parts):
+        raw_key, eq, raw_value = part.partition(b"=")
+        if eq and raw_key and _unescape(raw_key) in names:
+            parts[i] = raw_key + b"=" + mark(raw_value)
+            changed = True
+    return b"&".join(parts) if changed else query
 
 
 def _unescape(raw: bytes) -> str:

@@ -43,6 +43,8 @@ def secrets_of(config: KafkaLogConfig) -> tuple[str, ...]:
     tls = config.tls
     if tls is not None and tls.keyfile_password is not None:
         secrets.append(tls.keyfile_password)
+    if config.redaction_key is not None:
+        secrets.append(config.redaction_key.decode("utf-8", "replace"))
     return tuple(secret for secret in secrets if secret)
 
 

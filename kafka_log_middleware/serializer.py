@@ -7,7 +7,10 @@ Runs in the background, once per request.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -83,7 +86,8 @@ def _plan(config: KafkaLogConfig) -> Any:
 def _new_plan(config: KafkaLogConfig) -> Any:
     global _native_tables
     plan = None
-    if _native is not None and config.native_serializer:
+    python_only = config.redact_query_args or config.redaction_key is not None
+    if _native is not None and config.native_serializer and not python_only:
         try:
             if _native_tables is None:
                 # The constants the entry depends on, from their Python definitions.
@@ -133,6 +137,8 @@ def build_entry(request: CapturedRequest) -> dict[str, Any]:
     kong3 = config.log_format == "kong3"
     answered = request.status != 0
     target = nginx_vars.target(scope)
+    if config.redact_query_args:
+        target = _redacted_target(target, config)
     uri = nginx_vars.text(target.uri)
     entry: dict[str, Any] = {
         "request": _request(request, target, uri, kong3),
@@ -151,6 +157,8 @@ def build_entry(request: CapturedRequest) -> dict[str, Any]:
     upstream = scope.get(UPSTREAM_KEY)
     if isinstance(upstream, Upstream):
         apply_upstream(entry, upstream, request.t_start, _ended_at(request), kong3)
+        if config.redact_query_args and "?" in entry["upstream_uri"]:
+            entry["upstream_uri"] = _redacted_uri(entry["upstream_uri"], config)
     if config.service is not None:
         entry["service"] = dict(config.service)
     for field in ("route", "consumer", "authenticated_entity"):
@@ -178,7 +186,7 @@ def _request(
     scope = request.scope
     config = request.config
     headers = nginx_vars.request_headers(scope.get("headers", ()))
-    _redact(headers, config.redact_headers)
+    _redact(headers, config.redact_headers, config, scope.get("headers", ()))
     size = nginx_vars.request_length(request, target)
     out: dict[str, Any] = {
         "uri": uri,
@@ -232,7 +240,7 @@ def _response(request: CapturedRequest, kong3: bool) -> dict[str, Any]:
             status, raw_headers = 500, nginx_vars.SERVER_ERROR_HEADERS
     size = nginx_vars.bytes_sent(request)
     headers = nginx_vars.headers(raw_headers)
-    _redact(headers, request.config.redact_response_headers)
+    _redact(headers, request.config.redact_response_headers, request.config, raw_headers)
     return {
         "status": status,
         "headers": headers,
@@ -240,12 +248,63 @@ def _response(request: CapturedRequest, kong3: bool) -> dict[str, Any]:
     }
 
 
-def _redact(headers: dict[str, Any], names: tuple[str, ...]) -> None:
-    """Each value of the ``names`` headers as ``"REDACTED"`` (a repeated one stays a list)."""
+def _redact(
+    headers: dict[str, Any], names: tuple[str, ...], config: KafkaLogConfig, raw: Any
+) -> None:
+    """Each value of the ``names`` headers as ``"REDACTED"`` (a repeated one stays a list),
+    or, with a ``redaction_key``, as its keyed hash."""
+    key = config.redaction_key
     for name in names:
         value = headers.get(name)
-        if value is not None:
+        if value is None:
+            continue
+        if key is None:
             headers[name] = [REDACTED] * len(value) if isinstance(value, list) else REDACTED
+            continue
+        wanted = name.encode("latin-1", "replace")
+        marks = [
+            keyed_hash(key, raw_value.strip(b" \t"))
+            for raw_name, raw_value in raw
+            if raw_name.lower() == wanted
+        ]
+        count = len(value) if isinstance(value, list) else 1
+        marks = marks[:count]
+        headers[name] = marks if isinstance(value, list) else marks[0]
+
+
+HASH_PREFIX = "hmac-sha256:"
+"""What a redacted value starts with in the keyed-hash mode (``redaction_key``)."""
+
+
+def keyed_hash(key: bytes, value: bytes) -> str:
+    """``value``'s HMAC-SHA256 under ``key``, as logged in place of a redacted value: the
+    same credential gives the same mark, so entries can be correlated, never reversed."""
+    return HASH_PREFIX + hmac.new(key, value, hashlib.sha256).hexdigest()
+
+
+def _mark(config: KafkaLogConfig) -> Callable[[bytes], bytes]:
+    key = config.redaction_key
+    if key is None:
+        return lambda value: REDACTED.encode()
+    return lambda value: keyed_hash(key, value).encode()
+
+
+def _redacted_target(target: nginx_vars.Target, config: KafkaLogConfig) -> nginx_vars.Target:
+    """``target`` with the ``redact_query_args`` values redacted in ``$request_uri`` (so in
+    ``uri``, ``url``, ``upstream_uri``) and ``$args`` (so in ``querystring``)."""
+    names, mark = frozenset(config.redact_query_args), _mark(config)
+    path, sep, query = target.uri.partition(b"?")
+    uri = path + sep + nginx_vars.redact_args(query, names, mark) if sep else target.uri
+    args = nginx_vars.redact_args(target.args, names, mark)
+    return target._replace(uri=uri, args=args)
+
+
+def _redacted_uri(uri: str, config: KafkaLogConfig) -> str:
+    """A gateway's ``upstream_uri`` with the ``redact_query_args`` values redacted."""
+    path, _, query = uri.partition("?")
+    raw = query.encode("utf-8", "surrogateescape")
+    redacted = nginx_vars.redact_args(raw, frozenset(config.redact_query_args), _mark(config))
+    return path + "?" + redacted.decode("utf-8", "surrogateescape")
 
 
 def _latencies(request: CapturedRequest, kong3: bool) -> dict[str, int]:

@@ -26,7 +26,8 @@ from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig, LogFormat
 from kafka_log_middleware.custom_fields import EDITS_KEY, set_serialize_value
-from kafka_log_middleware.serializer import build_entry, encode_entry, message_key
+from kafka_log_middleware.gateway import upstream
+from kafka_log_middleware.serializer import build_entry, encode_entry, keyed_hash, message_key
 from kafka_log_middleware.types import Message
 
 LAYOUTS: list[LogFormat] = ["kong2", "kong3"]
@@ -1835,3 +1836,75 @@ def test_corpus(case: Case, layout: LogFormat, tmp_path: Path) -> None:
 def test_the_corpus_names_are_unique() -> None:
     names = [case.name for case in CORPUS]
     assert len(names) == len(set(names))
+
+
+# -- query arguments and the keyed-hash mode (issue 9) ------------------------------------
+
+_KEY = b"k" * 32
+
+
+def _query_scope(query: bytes) -> dict[str, Any]:
+    scope = _get_scope()
+    scope["query_string"] = query
+    scope["raw_path"] = b"/orders/42"
+    return scope
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_redacted_query_args_everywhere_the_query_appears(layout: LogFormat) -> None:
+    query = b"apikey=s3cr%65t&page=2&token=a&token=b&apikey&x%20y=1&access_token="
+    config = _config(layout, redact_query_args=("apikey", "token", "x y", "access_token"))
+    entry = build_entry(_request(_query_scope(query), config))
+    redacted = "apikey=REDACTED&page=2&token=REDACTED&token=REDACTED&apikey&x%20y=REDACTED"
+    redacted += "&access_token=REDACTED"
+    assert entry["request"]["uri"] == entry["upstream_uri"] == f"/orders/42?{redacted}"
+    assert entry["request"]["url"].endswith(f"/orders/42?{redacted}")
+    assert entry["request"]["querystring"] == {
+        "apikey": ["REDACTED", True],
+        "page": "2",
+        "token": ["REDACTED", "REDACTED"],
+        "x y": "REDACTED",
+        "access_token": "REDACTED",
+    }
+    assert b"s3cr" not in encode_entry(_request(_query_scope(query), config))
+    size = build_entry(_request(_query_scope(query), _config(layout)))["request"]["size"]
+    assert entry["request"]["size"] == size  # the size is what was sent
+
+
+def test_redacted_query_args_in_a_gateways_upstream_uri() -> None:
+    request = _request(_query_scope(b"token=t1"), _config(redact_query_args=("token",)))
+    call = upstream(request.scope, "/v1/orders?token=t2&page=1")
+    with call.attempt("10.0.0.5", 8080) as attempt:
+        attempt.received(200)
+    assert build_entry(request)["upstream_uri"] == "/v1/orders?token=REDACTED&page=1"
+
+
+def test_the_keyed_hash_mode_correlates_without_revealing() -> None:
+    scope = _query_scope(b"apikey=abc")
+    scope["headers"] = [(b"authorization", b"Bearer t1"), (b"cookie", b"a=1"), (b"cookie", b"b=2")]
+    config = _config(redact_query_args=("apikey",), redaction_key=_KEY)
+    request = _request(scope, config, response_headers=[(b"set-cookie", b"sid=9")])
+    entry = build_entry(request)
+
+    def mark(value: bytes) -> str:
+        return keyed_hash(_KEY, value)
+
+    assert entry["request"]["headers"]["authorization"] == mark(b"Bearer t1")
+    assert entry["request"]["headers"]["cookie"] == [mark(b"a=1"), mark(b"b=2")]
+    assert entry["response"]["headers"]["set-cookie"] == mark(b"sid=9")
+    assert entry["request"]["querystring"]["apikey"] == mark(b"abc")
+    assert entry["request"]["uri"] == f"/orders/42?apikey={mark(b'abc')}"
+    assert mark(b"abc").startswith("hmac-sha256:") and len(mark(b"abc")) == 12 + 64
+    other = build_entry(_request(scope, _config(redaction_key=b"o" * 32)))
+    assert other["request"]["headers"]["authorization"] != mark(b"Bearer t1")
+    assert orjson.loads(encode_entry(request)) == entry  # the Python path, natively or not
+    assert "redaction_key=<hidden>" in repr(config) and "kkkk" not in repr(config)
+
+
+def test_a_short_or_mistyped_redaction_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        _config(redaction_key="short")
+    with pytest.raises(TypeError, match="bytes or a string"):
+        _config(redaction_key=16)
+    with pytest.raises(TypeError, match="list of argument names"):
+        _config(redact_query_args="token")
