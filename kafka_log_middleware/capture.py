@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from .nginx_vars import target, text
+from .nginx_vars import declared_length, target, text
 from .types import Scope
 
 if TYPE_CHECKING:
@@ -114,8 +114,10 @@ class CapturedRequest:
     def content_length(self) -> int | None:
         """The response's ``Content-Length``, if it declared one."""
         for name, value in self.response_headers:
-            if len(name) == 14 and name.lower() == b"content-length" and value.isdigit():
-                return int(value)
+            if len(name) == 14 and name.lower() == b"content-length":
+                length = declared_length(value)
+                if length is not None:
+                    return length
         return None
 
     def __repr__(self) -> str:

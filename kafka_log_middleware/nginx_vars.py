@@ -85,15 +85,21 @@ _CIPHERS = {
 
 
 def text(raw: bytes) -> str:
-    """Bytes as the JSON string Kong would emit: UTF-8 when valid, else byte-for-byte latin-1.
+    """Bytes as the JSON string Kong would emit: UTF-8, each invalid byte as its latin-1
+    character.
 
-    Kong writes the raw bytes, so UTF-8 input must stay UTF-8; anything else cannot be
-    valid JSON text, and latin-1 keeps one character per byte.
+    Kong writes the raw bytes, so UTF-8 input must stay UTF-8; an invalid byte cannot be
+    valid JSON text, and latin-1 keeps one character per byte (the rest of the string
+    stays readable: one stray byte does not turn it all into mojibake).
     """
     try:
         return raw.decode()
     except UnicodeDecodeError:
-        return raw.decode("latin-1")
+        return raw.decode("utf-8", "surrogateescape").translate(_STRAY_BYTES)
+
+
+_STRAY_BYTES = {0xDC80 + i: 0x80 + i for i in range(128)}
+"""``surrogateescape``'s stand-ins for the bytes 0x80-0xFF → those bytes as latin-1."""
 
 
 class Target(NamedTuple):
@@ -238,14 +244,30 @@ def request_length(request: CapturedRequest, parsed: Target | None = None) -> in
     chunked = False
     for name, value in scope.get("headers", ()):
         size += len(name) + len(value) + 4  # "name: value CRLF"
-        if len(name) == 14 and name.lower() == b"content-length" and value.isdigit():
-            declared = int(value)
+        if len(name) == 14 and name.lower() == b"content-length":
+            length = declared_length(value)
+            if length is not None:
+                declared = length
         elif len(name) == 17 and name.lower() == b"transfer-encoding":
             # The server de-chunked the body when "chunked" is the last coding.
             chunked = value.rpartition(b",")[2].strip(b" \t").lower() == b"chunked"
     if chunked:
         return size + 2 + request.body_read + chunk_framing(request.body_read)
     return size + 2 + max(request.body_read, declared)
+
+
+OFF_T_MAX = 2**63 - 1
+"""The largest length nginx parses (``off_t``); beyond it, it refuses the request."""
+
+
+def declared_length(value: bytes) -> int | None:
+    """A ``Content-Length`` value as nginx parses it: digits only, at most ``OFF_T_MAX``;
+    None for anything else (a 25-digit one included: it is never sent in full)."""
+    digits = value.lstrip(b"0")
+    if not value.isdigit() or len(digits) > 19:
+        return None
+    length = int(digits or b"0")
+    return length if length <= OFF_T_MAX else None
 
 
 def chunk_framing(body: int) -> int:

@@ -1908,3 +1908,28 @@ def test_a_short_or_mistyped_redaction_key_is_refused() -> None:
         _config(redaction_key=16)
     with pytest.raises(TypeError, match="list of argument names"):
         _config(redact_query_args="token")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("digits", [20, 25, 5000])
+def test_an_absurd_content_length_is_not_counted_and_the_entry_goes_out(
+    layout: LogFormat, digits: int
+) -> None:
+    """nginx parses no Content-Length beyond off_t: such a body is never sent in full."""
+    scope = _get_scope()
+    scope["headers"] = [*scope["headers"], (b"content-length", b"9" * digits)]
+    request = _request(scope, _config(layout), body_read=5)
+    honest = _get_scope()
+    honest["headers"] = [*honest["headers"], (b"content-length", b"0" * digits)]
+    expected = build_entry(_request(honest, _config(layout), body_read=5))["request"]["size"]
+    assert orjson.loads(encode_entry(request))["request"]["size"] == expected
+
+
+def test_a_stray_byte_leaves_the_rest_of_the_target_readable() -> None:
+    scope = _get_scope()
+    scope["raw_path"] = b"/caf\xc3\xa9"
+    scope["query_string"] = b"q=\xc3\xa9t\xc3\xa9\xff&r=%ff"
+    entry = orjson.loads(encode_entry(_request(scope)))
+    assert entry["request"]["uri"] == "/caf\u00e9?q=\u00e9t\u00e9\u00ff&r=%ff"
+    assert entry["request"]["querystring"] == {"q": "\u00e9t\u00e9\u00ff", "r": "\u00ff"}
+    assert entry == build_entry(_request(scope)) | {"latencies": entry["latencies"]}

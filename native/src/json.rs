@@ -73,7 +73,11 @@ pub fn escape_text(out: &mut Vec<u8>, raw: &[u8]) {
     } else if std::str::from_utf8(raw).is_ok() {
         escape_utf8(out, raw);
     } else {
-        escape_latin1(out, raw);
+        // Each invalid byte as its latin-1 character, the valid runs as UTF-8.
+        for chunk in raw.utf8_chunks() {
+            escape_utf8(out, chunk.valid().as_bytes());
+            escape_latin1(out, chunk.invalid());
+        }
     }
 }
 

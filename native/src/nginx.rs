@@ -18,16 +18,16 @@ const PATH_SAFE: &[u8] = b"/:@!$&'()*+,;=-._~";
 /// Fields kept before a hash index replaces the linear search.
 const LINEAR_LOOKUP: usize = 12;
 
-/// `text()` as UTF-8 bytes: the bytes when valid UTF-8, else their latin-1 reading.
+/// `text()` as UTF-8 bytes: the valid UTF-8 runs as they are, each invalid byte as its
+/// latin-1 character.
 pub fn text(raw: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
     if std::str::from_utf8(&raw).is_ok() {
         return raw;
     }
     let mut out = Vec::with_capacity(raw.len() * 2);
-    for &byte in raw.iter() {
-        if byte < 0x80 {
-            out.push(byte);
-        } else {
+    for chunk in raw.utf8_chunks() {
+        out.extend_from_slice(chunk.valid().as_bytes());
+        for &byte in chunk.invalid() {
             out.extend_from_slice(&[0xC0 | (byte >> 6), 0x80 | (byte & 0x3F)]);
         }
     }
@@ -202,18 +202,21 @@ pub fn quote_path(path: &str) -> Vec<u8> {
     out
 }
 
-/// The `content-length` value `request_length()` counts: `value.isdigit()` then `int()`.
-/// `Err` when the number does not fit an `i64` (the Python path handles it).
+/// The `content-length` value `request_length()` counts (`nginx_vars.declared_length`):
+/// digits only, at most nginx's `off_t` maximum (`i64::MAX`), else none.
 pub fn declared_length(value: &[u8]) -> Result<Option<i64>, ()> {
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return Ok(None);
     }
     let mut total: i64 = 0;
     for &digit in value {
-        total = total
+        match total
             .checked_mul(10)
             .and_then(|t| t.checked_add(i64::from(digit - b'0')))
-            .ok_or(())?;
+        {
+            Some(next) => total = next,
+            None => return Ok(None),
+        }
     }
     Ok(Some(total))
 }
@@ -555,7 +558,7 @@ mod tests {
         assert_eq!(declared_length(b"0027"), Ok(Some(27)));
         assert_eq!(declared_length(b"2x"), Ok(None));
         assert_eq!(declared_length(b""), Ok(None));
-        assert_eq!(declared_length(b"99999999999999999999"), Err(()));
+        assert_eq!(declared_length(b"99999999999999999999"), Ok(None));
     }
 
     #[test]
