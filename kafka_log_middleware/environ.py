@@ -60,8 +60,11 @@ def scope_of(environ: dict[str, Any]) -> Scope:
 
 
 def _header_name(key: str) -> bytes | None:
-    """``HTTP_X_FORWARDED_FOR`` → ``b"x-forwarded-for"``, other keys → None; remembered."""
-    name = key[5:].replace("_", "-").lower().encode("latin-1") if key[:5] == "HTTP_" else None
+    """``HTTP_X_FORWARDED_FOR`` → ``b"x-forwarded-for"``, other keys → None; remembered.
+    A character beyond latin-1 (``"HTTP_Μ"``: a server upper-cased ``µ``) becomes ``?``."""
+    name = None
+    if key[:5] == "HTTP_":
+        name = key[5:].replace("_", "-").lower().encode("latin-1", "replace")
     if len(_HEADER_NAMES) < _MAX_HEADER_NAMES:
         _HEADER_NAMES[key] = name
     return name
