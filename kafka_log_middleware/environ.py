@@ -61,7 +61,7 @@ def scope_of(environ: dict[str, Any]) -> Scope:
 
 def _header_name(key: str) -> bytes | None:
     """``HTTP_X_FORWARDED_FOR`` → ``b"x-forwarded-for"``, other keys → None; remembered.
-    A character beyond latin-1 (``"HTTP_Μ"``: a server upper-cased ``µ``) becomes ``?``."""
+    A character beyond latin-1 (a server that upper-cased the micro sign) becomes ``?``."""
     name = None
     if key[:5] == "HTTP_":
         name = key[5:].replace("_", "-").lower().encode("latin-1", "replace")

@@ -43,6 +43,19 @@ def app_env(bootstrap: str, topic: str, **fields: str) -> dict[str, str]:
     return env
 
 
+REDACTED_REQUEST = ("authorization", "proxy-authorization", "cookie")
+REDACTED_RESPONSE = ("set-cookie",)
+"""The default ``redact_headers`` and ``redact_response_headers``."""
+
+
+def redacted(headers: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """``headers`` as the defaults log them: each value of ``names`` as ``"REDACTED"``."""
+    for name, value in headers.items():
+        if name in names:
+            headers[name] = ["REDACTED"] * len(value) if isinstance(value, list) else "REDACTED"
+    return headers
+
+
 def expected_entry(
     request: httpx.Request,
     response: httpx.Response,
@@ -68,13 +81,13 @@ def expected_entry(
             "url": f"http://127.0.0.1:{port}{target}",
             "querystring": dict(request.url.params),
             "method": request.method,
-            "headers": header_object(request.headers.raw),
+            "headers": redacted(header_object(request.headers.raw), REDACTED_REQUEST),
             "size": request_size if kong3 else str(request_size),
         },
         "upstream_uri": target,
         "response": {
             "status": status,
-            "headers": header_object(app_headers),
+            "headers": redacted(header_object(app_headers), REDACTED_RESPONSE),
             "size": response_size if kong3 else str(response_size),
         },
         "client_ip": "127.0.0.1",
