@@ -396,30 +396,24 @@ def _parse_env(name: str, raw: str) -> Any:
         raise ValueError("expected true or false")
     if name in ("redact_headers", "redact_response_headers", "redact_query_args"):
         return tuple(h.strip() for h in raw.split(",") if h.strip())
-    if name == "service":
-        return _parse_service(raw)
-    if name in ("authentication", "security"):
+    if name in _JSON_EXAMPLES:
         return _parse_object(raw, name)
     if name in ("key_query_arg", "request_id_header", "workspace"):
         return raw.strip() or None
     return raw.strip()
 
 
-def _parse_service(raw: str) -> dict[str, Any] | None:
-    if not raw.strip():
-        return None
-    try:
-        service = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        service = None
-    if not isinstance(service, dict):
-        raise ValueError('expected a JSON object, e.g. {"name": "orders"}')
-    return service
+_JSON_EXAMPLES = {
+    "service": '{"name": "orders"}',
+    "authentication": '{"mechanism": "PLAIN", ...}',
+    "security": '{"ssl": true}',
+}
+"""The fields given as JSON objects in the environment, and the example their errors show."""
 
 
 def _parse_object(raw: str, name: str) -> dict[str, Any] | None:
-    """A JSON object (``authentication``, ``security``); blank: None. Never quoted: it may
-    hold a password."""
+    """A JSON object (``service``, ``authentication``, ``security``); blank: None. Never
+    quoted: it may hold a password."""
     if not raw.strip():
         return None
     try:
@@ -427,8 +421,7 @@ def _parse_object(raw: str, name: str) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         value = None
     if not isinstance(value, dict):
-        example = '{"ssl": true}' if name == "security" else '{"mechanism": "PLAIN", ...}'
-        raise ValueError(f"expected a JSON object, e.g. {example}")
+        raise ValueError(f"expected a JSON object, e.g. {_JSON_EXAMPLES[name]}")
     return value
 
 
