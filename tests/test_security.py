@@ -232,6 +232,29 @@ REFUSALS: dict[str, Refusal] = {
 }
 
 
+async def refused_then_fixed(
+    config: KafkaLogConfig, fixed: KafkaLogConfig, caplog: pytest.LogCaptureFixture
+) -> tuple[dict[str, int], list[str]]:
+    """Serve ``scopes()`` under ``config`` until all are dropped as refused, then under
+    ``fixed`` (``update_config``) until all are delivered: the final stats, and what we
+    showed meanwhile (reprs, stats), for the planted-secret grep."""
+    app = Starlette(routes=[Route("/items/{item_id}", item, name="item")])
+    middleware = KafkaLogMiddleware(app, config)
+    with caplog.at_level(logging.WARNING, logger="kafka_log_middleware"):
+        async with lifespan(middleware):
+            for scope in scopes():
+                assert (await request(middleware, scope)).status == 200
+            await eventually(lambda: middleware.stats()["dropped_security"] == 3, timeout=60)
+            middleware.update_config(fixed)
+            for scope in scopes():
+                assert (await request(middleware, scope)).status == 200
+            await eventually(lambda: middleware.stats()["delivered"] == 3, timeout=60)
+            stats = middleware.stats()
+            emitted = [repr(middleware), str(middleware.config), repr(stats)]
+            emitted += [repr(producer) for producer in middleware.producers()]
+    return stats, emitted
+
+
 @pytest.mark.parametrize("case", list(REFUSALS))
 async def test_a_refused_connection_is_named_counted_and_fixed_by_update_config(
     secured_kafka: SecuredKafka, backend: str, case: str, caplog: pytest.LogCaptureFixture
@@ -251,20 +274,7 @@ async def test_a_refused_connection_is_named_counted_and_fixed_by_update_config(
         producer_request_retries_max_attempts=2,
         **wrong(certs),
     )
-    app = Starlette(routes=[Route("/items/{item_id}", item, name="item")])
-    middleware = KafkaLogMiddleware(app, config)
-    with caplog.at_level(logging.WARNING, logger="kafka_log_middleware"):
-        async with lifespan(middleware):
-            for scope in scopes():
-                assert (await request(middleware, scope)).status == 200
-            await eventually(lambda: middleware.stats()["dropped_security"] == 3, timeout=60)
-            middleware.update_config(config.replace(**right(certs)))
-            for scope in scopes():
-                assert (await request(middleware, scope)).status == 200
-            await eventually(lambda: middleware.stats()["delivered"] == 3, timeout=60)
-            stats = middleware.stats()
-            emitted = [repr(middleware), str(middleware.config), repr(stats)]
-            emitted += [repr(producer) for producer in middleware.producers()]
+    stats, emitted = await refused_then_fixed(config, config.replace(**right(certs)), caplog)
     assert stats["enqueued"] == 6
     assert stats["dropped"] == stats["dropped_security"] == 3
     assert stats["pending"] == 0
@@ -372,20 +382,10 @@ async def test_oauthbearer_without_a_token_is_named_counted_and_fixed_by_update_
             producer_request_retries_max_attempts=2,
             authentication=wrong,
         )
-        app = Starlette(routes=[Route("/items/{item_id}", item, name="item")])
-        middleware = KafkaLogMiddleware(app, config)
-        with caplog.at_level(logging.WARNING, logger="kafka_log_middleware"):
-            async with lifespan(middleware):
-                for scope in scopes():
-                    assert (await request(middleware, scope)).status == 200
-                await eventually(lambda: middleware.stats()["dropped_security"] == 3, timeout=60)
-                middleware.update_config(
-                    authentication={"mechanism": "OAUTHBEARER", "token_provider": sync_provider}
-                )
-                for scope in scopes():
-                    assert (await request(middleware, scope)).status == 200
-                await eventually(lambda: middleware.stats()["delivered"] == 3, timeout=60)
-                emitted = [repr(middleware), repr(middleware.stats())]
+        fixed = config.replace(
+            authentication={"mechanism": "OAUTHBEARER", "token_provider": sync_provider}
+        )
+        _, emitted = await refused_then_fixed(config, fixed, caplog)
     cause = "token provider raised RuntimeError" if failure == "provider-raises" else "HTTP 401"
     refusals = [
         r.getMessage() for r in caplog.records if "refuses the connection" in r.getMessage()
