@@ -14,7 +14,7 @@ import asyncio
 import ssl
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -135,11 +135,8 @@ class AiokafkaProducer(Producer):
                 return refusal
         return None
 
-    async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
+    async def send(self, topic: str, messages: list[Message], on_done: OnDone) -> None:
         """Queue ``messages`` in ``topic``'s lane (see ``Producer.send``); never waits."""
-        fitting = self._fitting(messages, on_done)
-        if not fitting:
-            return
         lane = self._lanes.get(topic)
         if lane is None:
             lane = self._lanes[topic] = deque()
@@ -147,7 +144,7 @@ class AiokafkaProducer(Producer):
                 self._lane_tasks[topic] = asyncio.get_running_loop().create_task(
                     self._drain(topic, lane), name="kafka-log-send"
                 )
-        lane.append((fitting, on_done))
+        lane.append((messages, on_done))
 
     def withdraw(self) -> list[tuple[str, list[Message], OnDone]]:
         """The batches still waiting in the lanes (not given to aiokafka yet)."""

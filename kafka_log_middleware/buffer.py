@@ -39,8 +39,9 @@ DROP_REASONS = (
     "shutdown",
 )
 """Why an entry can be dropped: the buffer bound was reached; building or encoding the
-entry failed; it exceeds ``producer_request_limits_bytes_per_request``; Kafka rejected
-it or every delivery attempt failed; shutdown came first."""
+entry failed; it exceeds the size limit even truncated (``max_entry_bytes``), or the
+broker's; Kafka rejected it or every delivery attempt failed; the cluster refused our
+authentication or TLS; shutdown came first."""
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:
@@ -65,6 +66,7 @@ class LogBuffer:
         "limit",
         "retried",
         "settled",
+        "truncated",
         "uncertain",
     )
 
@@ -88,6 +90,9 @@ class LogBuffer:
         self.retried = 0
         """Entries sent again after an attempt that may have reached Kafka (so they may be
         there twice); informational, not a final state."""
+        self.truncated = 0
+        """Entries cut to fit the size limit (``max_entry_bytes``); informational: they
+        are delivered or dropped like any other."""
         self.drops = dict.fromkeys(DROP_REASONS, 0)
 
     def __len__(self) -> int:
@@ -223,6 +228,10 @@ class LogBuffer:
         """Count ``count`` entries sent again after an attempt that may have reached Kafka."""
         self.retried += count
 
+    def count_truncated(self) -> None:
+        """Count one entry cut to fit the size limit."""
+        self.truncated += 1
+
     def stats(self) -> dict[str, int]:
         """Counters as a dict; ``enqueued == delivered + dropped + uncertain + pending``."""
         # Read from any thread while others count: settled counters first, then ``full``,
@@ -244,6 +253,7 @@ class LogBuffer:
             "pending": enqueued - delivered - dropped - uncertain,
             "buffered": buffered,
             "retried": self.retried,
+            "truncated": self.truncated,
         }
         for reason, count in drops.items():
             stats["dropped_" + reason] = count

@@ -42,6 +42,10 @@ Hook = Callable[["CapturedRequest"], Any]
 """A user function of the captured request; runs in the background, never in the request."""
 
 INT32_MAX = 2**31 - 1
+RECORD_FRAMING = 128
+"""Bytes a message takes in a request beyond its key and value, rounded up: a record
+batch's header (61) and one record's largest framing (26 by aiokafka's estimate, 36 by
+librdkafka's)."""
 """The most any time or size field may be: Kafka and librdkafka carry them as int32."""
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -92,6 +96,7 @@ class KafkaLogFields(TypedDict, total=False):
     producer_request_timeout: int
     producer_request_limits_messages_per_request: int
     producer_request_limits_bytes_per_request: int
+    max_entry_bytes: int | None
     producer_request_retries_max_attempts: int
     producer_request_retries_backoff_timeout: int
     producer_async: bool
@@ -140,6 +145,9 @@ class KafkaLogConfig:
     """Entries that make a batch: this many waiting are sent without waiting for the timer."""
     producer_request_limits_bytes_per_request: int = 1048576
     """Most bytes in one batch (aiokafka ``max_batch_size``/``max_request_size``)."""
+    max_entry_bytes: int | None = None
+    """Largest Kafka message (key and value) an entry becomes; a longer entry is truncated,
+    not dropped (see ``truncation.py``). None: the batch limit less a record's framing."""
     producer_request_retries_max_attempts: int = 10
     """Attempts to deliver a batch before its entries are counted as dropped."""
     producer_request_retries_backoff_timeout: int = 100
@@ -209,6 +217,15 @@ class KafkaLogConfig:
             object.__setattr__(self, name, check(name, getattr(self, name)))
         if self.key is not None and self.key_query_arg is not None:
             raise InvalidConfig("key", "key and key_query_arg are exclusive: give one of them")
+        room = self.producer_request_limits_bytes_per_request - RECORD_FRAMING
+        if self.max_entry_bytes is not None and self.max_entry_bytes > room:
+            raise InvalidConfig(
+                "max_entry_bytes",
+                f"max_entry_bytes={self.max_entry_bytes} does not fit in "
+                f"producer_request_limits_bytes_per_request="
+                f"{self.producer_request_limits_bytes_per_request} with a record's framing "
+                f"({RECORD_FRAMING} bytes): lower it to {room} at most, or raise the limit",
+            )
         if self.producer_backend == "confluent":
             if self.tls is not None and self.tls.user_context:
                 raise InvalidConfig(
@@ -217,6 +234,13 @@ class KafkaLogConfig:
                     "makes its own): give security={'ssl': True, 'cafile': ..., ...} instead",
                 )
             _check_librdkafka(self)
+
+    @property
+    def entry_limit(self) -> int:
+        """The most bytes an entry's message (key and value) may take."""
+        if self.max_entry_bytes is not None:
+            return self.max_entry_bytes
+        return max(0, self.producer_request_limits_bytes_per_request - RECORD_FRAMING)
 
     @property
     def sasl(self) -> Authentication | None:
@@ -369,6 +393,7 @@ _INT_FIELDS = frozenset(
         "producer_request_timeout",
         "producer_request_limits_messages_per_request",
         "producer_request_limits_bytes_per_request",
+        "max_entry_bytes",
         "producer_request_retries_max_attempts",
         "producer_request_retries_backoff_timeout",
         "producer_async_flush_timeout",
@@ -725,6 +750,7 @@ _CHECKS: dict[str, Check] = {
     "producer_request_timeout": _int_in(1),
     "producer_request_limits_messages_per_request": _int_in(1),
     "producer_request_limits_bytes_per_request": _int_in(1),
+    "max_entry_bytes": _optional(_int_in(1)),
     "producer_request_retries_max_attempts": _int_in(1),
     "producer_request_retries_backoff_timeout": _int_in(0),
     "producer_async": _bool,

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import confluent_kafka
@@ -149,27 +149,24 @@ class ConfluentProducer(Producer):
             self._token_retry_at = time.monotonic() + _TOKEN_RETRY
             _log.warn("token", "kafka_log_middleware: no valid token: %s", exc)
 
-    async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
+    async def send(self, topic: str, messages: list[Message], on_done: OnDone) -> None:
         """Queue ``messages`` in librdkafka (see ``Producer.send``).
 
         ``produce_batch`` takes a chunk in one call (half the cost of one ``produce``
         per message); librdkafka's partitioner still places each message by its key.
         """
-        fitting = self._fitting(messages, on_done)
-        if not fitting:
-            return
-        report = _BatchReport(len(fitting), on_done, self)
-        self._in_flight += len(fitting)
+        report = _BatchReport(len(messages), on_done, self)
+        self._in_flight += len(messages)
         self._wake.set()
-        for start in range(0, len(fitting), _CHUNK):
+        for start in range(0, len(messages), _CHUNK):
             if start:
                 await asyncio.sleep(0)  # requests go first
-            chunk = fitting[start : start + _CHUNK]
+            chunk = messages[start : start + _CHUNK]
             batch = [{"value": v} if k is None else {"value": v, "key": k} for k, v in chunk]
             try:
                 queued = self._producer.produce_batch(topic, batch, on_delivery=report.delivered)
             except Exception as exc:  # whatever it was, librdkafka took none of the chunk
-                report.failed(fitting[start:], _batch_refusal(exc))
+                report.failed(messages[start:], _batch_refusal(exc))
                 return
             if queued < len(batch):  # librdkafka marks the ones it refused
                 refused = [m for m, d in zip(chunk, batch, strict=True) if "_error" in d]

@@ -14,7 +14,7 @@ import enum
 import os
 import random
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +103,6 @@ class Producer:
         self.closed = False
         self._servers = ",".join(config.bootstrap_servers)
         self._backoff = max(config.producer_request_retries_backoff_timeout, 50) / 1000
-        self._max_size = config.producer_request_limits_bytes_per_request
         self._ready = asyncio.Event()
         self._connector: asyncio.Task[None] | None = None
         self._attempts = config.producer_request_retries_max_attempts
@@ -189,12 +188,13 @@ class Producer:
                 return False
         return True
 
-    async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
+    async def send(self, topic: str, messages: list[Message], on_done: OnDone) -> None:
         """Hand ``messages`` over for delivery to ``topic``.
 
         Returns once all are handed over (it never waits on Kafka); ``on_done`` then
         reports every message exactly once (in batches). It raises only before reporting
-        any of them (the publisher then counts them all as not delivered).
+        any of them (the publisher then counts them all as not delivered). Each message
+        fits the config's ``entry_limit`` (the publisher truncates those that do not).
         """
         raise NotImplementedError
 
@@ -211,19 +211,6 @@ class Producer:
         closed there any more. What its client holds stays unreported (``uncertain``)."""
         self.closed = True
 
-    def _fitting(self, messages: Sequence[Message], on_done: OnDone) -> list[Message]:
-        """The messages within the size limit; the others are reported as too large."""
-        limit = self._max_size
-        fitting: list[Message] = []
-        too_large: list[Message] = []
-        for message in messages:
-            key, value = message
-            size = len(value) + (0 if key is None else len(key))
-            (fitting if size <= limit else too_large).append(message)
-        if too_large:
-            on_done(0, too_large, _TOO_LARGE, False)
-        return fitting
-
     async def close(self, timeout: float) -> None:
         """Flush what was handed over, then close, all within ``timeout`` seconds."""
         self.closed = True
@@ -234,9 +221,6 @@ class Producer:
 
     async def _shutdown(self, timeout: float) -> None:
         raise NotImplementedError
-
-
-_TOO_LARGE = Failure(Verdict.TOO_LARGE, "producer_request_limits_bytes_per_request")
 
 
 def _make(config: KafkaLogConfig) -> Producer:

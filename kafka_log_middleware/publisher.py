@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from . import _log
+from . import _log, truncation
 from .buffer import LogBuffer
 from .capture import CapturedRequest
 from .config import KafkaLogConfig
@@ -364,7 +364,14 @@ class Publisher:
             value = encode_entry(request)
             config = request.config
             plain = config.key is None and config.key_query_arg is None
-            return config, (None if plain else message_key(request), value)
+            key = None if plain else message_key(request)
+            room = config.entry_limit - (0 if key is None else len(key))
+            if len(value) > room:
+                fitted = self._fitted(value, room, config)
+                if fitted is None:
+                    return None
+                value = fitted
+            return config, (key, value)
         except Exception as exc:
             self.buffer.drop("serialize_error", 1)
             _log.warn(
@@ -373,6 +380,23 @@ class Publisher:
                 type(exc).__name__,
             )
             return None
+
+    def _fitted(self, value: bytes, room: int, config: KafkaLogConfig) -> bytes | None:
+        """An entry over the size limit, truncated to ``room`` bytes; dropped (``too_large``)
+        only if even its keys and numbers take more."""
+        fitted = truncation.fit(value, room)
+        if fitted is None:
+            self.buffer.drop("too_large", 1)
+            return None
+        self.buffer.count_truncated()
+        _log.warn(
+            "truncated",
+            "kafka_log_middleware: a log entry of %d bytes was over the %d-byte limit "
+            "(max_entry_bytes); its longest values were cut (counted as truncated)",
+            len(value),
+            config.entry_limit,
+        )
+        return fitted
 
     async def _hand_over(
         self, box: _Outbox, messages: list[Message], attempt: int, written_before: bool = False

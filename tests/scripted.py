@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
@@ -183,7 +183,7 @@ class ScriptedProducer(Producer):
     def _refusal(self, exc: BaseException) -> str | None:
         return self.maker.refusal
 
-    async def send(self, topic: str, messages: Sequence[Message], on_done: OnDone) -> None:
+    async def send(self, topic: str, messages: list[Message], on_done: OnDone) -> None:
         """Record the hand-over and answer it as scripted."""
         handover = HandOver(
             topic, list(messages), on_done, time.monotonic(), asyncio.get_running_loop()

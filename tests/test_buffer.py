@@ -120,6 +120,7 @@ def test_every_counter_and_stats_keys() -> None:
     buffer.drop("shutdown", 1)
     buffer.give_up_uncertain(2)
     buffer.count_retried(4)  # informational: no entry changes state
+    buffer.count_truncated()  # informational too
     assert buffer.stats() == {
         "enqueued": 10,
         "delivered": 2,
@@ -128,6 +129,7 @@ def test_every_counter_and_stats_keys() -> None:
         "pending": 1,
         "buffered": 1,
         "retried": 4,
+        "truncated": 1,
         "dropped_buffer_full": 0,
         "dropped_serialize_error": 1,
         "dropped_too_large": 1,
@@ -195,6 +197,7 @@ def test_a_fresh_buffer_counts_nothing() -> None:
         "pending",
         "buffered",
         "retried",
+        "truncated",
         *(f"dropped_{reason}" for reason in DROP_REASONS),
     }
     assert set(DROP_REASONS) == {

@@ -128,6 +128,12 @@ def test_servers_accept_list_tuple_and_comma_string() -> None:
         ({"key_query_arg": ""}, "key_query_arg"),
         ({"key_query_arg": "id", "key": lambda r: b"k"}, "key"),
         ({"shutdown_timeout": 0}, "shutdown_timeout"),
+        ({"max_entry_bytes": 0}, "max_entry_bytes"),
+        ({"max_entry_bytes": 1048576 - 127}, "max_entry_bytes"),
+        (
+            {"producer_request_limits_bytes_per_request": 4096, "max_entry_bytes": 5000},
+            "max_entry_bytes",
+        ),
     ],
 )
 def test_invalid_values_raise_naming_the_field(changes: dict[str, Any], field: str) -> None:
@@ -185,6 +191,18 @@ def test_replace_validates() -> None:
         config.replace(topic="")
 
 
+def test_the_entry_limit_leaves_room_for_a_records_framing() -> None:
+    """Entries are cut to ``max_entry_bytes``, by default the batch limit less 128 bytes
+    (what a record batch and a record add around a key and a value)."""
+    assert make().entry_limit == 1048576 - 128
+    assert make(producer_request_limits_bytes_per_request=4096).entry_limit == 4096 - 128
+    assert make(max_entry_bytes=1000).entry_limit == 1000
+    assert make(max_entry_bytes=1048576 - 128).entry_limit == 1048576 - 128
+    assert make(producer_request_limits_bytes_per_request=100).entry_limit == 0
+    with pytest.raises(ValueError, match=r"1048449 does not fit .* 1048448 at most"):
+        make(max_entry_bytes=1048449)
+
+
 def test_from_env() -> None:
     env = {
         "KAFKA_LOG_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
@@ -194,6 +212,7 @@ def test_from_env() -> None:
         "KAFKA_LOG_LOG_FORMAT": "kong3",
         "KAFKA_LOG_REDACT_HEADERS": "authorization, x-api-key",
         "KAFKA_LOG_KEY_QUERY_ARG": "user",
+        "KAFKA_LOG_MAX_ENTRY_BYTES": "900000",
         "UNRELATED": "x",
     }
     config = KafkaLogConfig.from_env(environ=env, service={"name": "svc"})
@@ -204,6 +223,7 @@ def test_from_env() -> None:
     assert config.log_format == "kong3"
     assert config.redact_headers == ("authorization", "x-api-key")
     assert config.key_query_arg == "user"
+    assert config.max_entry_bytes == 900000
     assert config.service == {"name": "svc"}
 
 

@@ -31,10 +31,13 @@ from kafka_log_middleware.buffer import LogBuffer
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.pipeline import Pipeline
 from kafka_log_middleware.serializer import encode_entry
+from kafka_log_middleware.truncation import MARKER, fit
 from kafka_log_middleware.types import Message, Receive, Scope, Send
 from tests.servers import serve as serving
 
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "5000"))
+SMALL_LIMIT = 4096
+"""A message limit most hostile entries are over (``max_entry_bytes`` can be this low)."""
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -111,12 +114,17 @@ def collect() -> Iterator[None]:
 
 
 def check_entry() -> None:
-    """The one entry of the request just served: valid JSON within Kong's limits."""
+    """The one entry of the request just served: valid JSON within Kong's limits, and
+    still valid JSON, and within, when cut to a small message limit."""
     assert len(captured) == 1
-    entry = orjson.loads(encode_entry(captured.pop()))
+    encoded = encode_entry(captured.pop())
+    entry = orjson.loads(encoded)
     assert len(entry["request"]["headers"]) <= 100
     assert len(entry["request"]["querystring"]) <= 100
     assert isinstance(entry["request"]["uri"], str)
+    fitted = fit(encoded, SMALL_LIMIT)
+    assert fitted is not None and len(fitted) <= SMALL_LIMIT
+    assert orjson.loads(fitted).keys() - {MARKER} == entry.keys()
 
 
 # -- ASGI -----------------------------------------------------------------------------

@@ -127,18 +127,84 @@ async def test_shutdown_flushes_before_the_flush_timer(kafka_bootstrap: str, bac
     assert len(await consume(kafka_bootstrap, settings.topic, 3, timeout=10)) == 3
 
 
-async def test_entry_over_the_size_limit_is_counted_as_too_large(
+def comparable(raw: bytes) -> dict[str, Any]:
+    """An entry without what differs from run to run (times)."""
+    entry: dict[str, Any] = orjson.loads(raw)
+    del entry["latencies"], entry["started_at"]
+    return entry
+
+
+def padded(value: bytes) -> dict[str, Any]:
+    return http_scope("/orders", headers=[(b"host", b"x"), (b"x-padding", value)])
+
+
+async def test_entry_over_the_size_limit_is_truncated_not_dropped(
     kafka_bootstrap: str, backend: str
 ) -> None:
-    settings = config(kafka_bootstrap, backend, producer_request_limits_bytes_per_request=1000)
+    """A 2 MB header takes an entry over the 1 MiB default: it is delivered with that value
+    cut to what fits, the marker says so, and no message is over the limit."""
+    settings = config(kafka_bootstrap, backend)
     middleware = KafkaLogMiddleware(app(), settings)
-    big = [(b"host", b"x"), (b"x-padding", b"p" * 2000)]
     async with lifespan(middleware):
-        await request(middleware, http_scope("/orders", headers=big))
-        await request(middleware, http_scope("/orders"))
+        await request(middleware, padded(b"p" * 2_000_000))
+        await request(middleware, padded(b"p"))
         await eventually(lambda: middleware.stats()["pending"] == 0)
     stats = middleware.stats()
-    assert stats["delivered"] == 1 and stats["dropped_too_large"] == 1, stats
+    assert (stats["delivered"], stats["dropped"], stats["truncated"]) == (2, 0, 1), stats
+    records = await consume(kafka_bootstrap, settings.topic, 2)
+    values = sorted((r.value for r in records if r.value is not None), key=len)
+    assert len(values) == 2 and len(values[1]) <= settings.entry_limit == 1048576 - 128
+    whole, cut = (comparable(value) for value in values)
+    marker = cut.pop("truncated")
+    assert marker["bytes"] > 2_000_000
+    assert marker == {"bytes": marker["bytes"], "count": 1, "fields": ["request.headers.x-padding"]}
+    kept = cut["request"]["headers"]["x-padding"]
+    assert kept == "p" * len(kept) and len(values[1]) > settings.entry_limit - 64
+    cut["request"]["headers"]["x-padding"] = "p"
+    cut["request"]["size"] = whole["request"]["size"]
+    assert cut == whole
+
+
+async def test_max_entry_bytes_fits_entries_within_the_brokers_limit(
+    kafka_bootstrap: str, backend: str
+) -> None:
+    """Batches may be larger than the broker takes for one message (message.max.bytes,
+    1 MiB by default): ``max_entry_bytes`` cuts entries to that, and they get through."""
+    settings = config(
+        kafka_bootstrap,
+        backend,
+        producer_request_limits_bytes_per_request=4 * 1048576,
+        max_entry_bytes=1_000_000,
+    )
+    middleware = KafkaLogMiddleware(app(), settings)
+    async with lifespan(middleware):
+        await request(middleware, padded(b"p" * 1_500_000))
+        await eventually(lambda: middleware.stats()["pending"] == 0)
+    stats = middleware.stats()
+    assert (stats["delivered"], stats["dropped"], stats["truncated"]) == (1, 0, 1), stats
+    [record] = await consume(kafka_bootstrap, settings.topic, 1)
+    assert record.value is not None and 999_000 < len(record.value) <= 1_000_000
+
+
+async def test_an_entry_whose_header_names_alone_are_too_large_loses_its_headers(
+    kafka_bootstrap: str, backend: str
+) -> None:
+    """When cutting every value is not enough (here 100 long header names against a 4 KiB
+    limit), the largest object goes: the entry still arrives, marked."""
+    settings = config(kafka_bootstrap, backend, max_entry_bytes=4096)
+    headers = [(b"host", b"x")] + [(b"x-%03d-" % i + b"n" * 60, b"v") for i in range(99)]
+    middleware = KafkaLogMiddleware(app(), settings)
+    async with lifespan(middleware):
+        await request(middleware, http_scope("/orders", headers=headers))
+        await eventually(lambda: middleware.stats()["pending"] == 0)
+    stats = middleware.stats()
+    assert (stats["delivered"], stats["dropped"], stats["truncated"]) == (1, 0, 1), stats
+    [record] = await consume(kafka_bootstrap, settings.topic, 1)
+    assert record.value is not None and len(record.value) <= 4096
+    entry = orjson.loads(record.value)
+    assert entry["request"]["headers"] == {}
+    assert "request.headers" in entry["truncated"]["fields"]
+    assert entry["request"]["uri"] == "/orders" and entry["response"]["status"] == 200
 
 
 class _FailingClient:
@@ -156,21 +222,19 @@ class _FailingClient:
 
 
 async def test_a_client_failing_unexpectedly_is_counted_once(kafka_bootstrap: str) -> None:
-    """The too-large entry is counted by the backend before it calls the client; the
-    client's unexpected failure then counts the rest, once, as kafka_error."""
-    settings = config(kafka_bootstrap, "confluent", producer_request_limits_bytes_per_request=1000)
+    """The client's unexpected failure counts what it was given, once, as kafka_error."""
+    settings = config(kafka_bootstrap, "confluent")
     middleware = KafkaLogMiddleware(app(), settings)
-    big = [(b"host", b"x"), (b"x-padding", b"p" * 2000)]
     async with lifespan(middleware):
         [producer] = middleware.producers()
         assert await producer.wait_ready(30)
         producer._producer = _FailingClient(producer._producer)  # type: ignore[attr-defined]
-        await request(middleware, http_scope("/orders", headers=big))
+        await request(middleware, http_scope("/orders"))
         await request(middleware, http_scope("/orders"))
         await eventually(lambda: middleware.stats()["pending"] == 0)
     stats = middleware.stats()
     assert stats["enqueued"] == 2 and stats["dropped"] == 2, stats
-    assert stats["dropped_too_large"] == 1 and stats["dropped_kafka_error"] == 1, stats
+    assert stats["dropped_kafka_error"] == 2, stats
     assert stats["uncertain"] == stats["delivered"] == 0, stats
 
 
@@ -178,7 +242,7 @@ async def test_entry_the_broker_refuses_is_counted_not_retried(
     kafka_bootstrap: str, backend: str
 ) -> None:
     # Within our limit but over the broker's (message.max.bytes, 1 MiB by default): the
-    # broker answers MessageSizeTooLarge, which no retry can fix.
+    # broker answers MessageSizeTooLarge, which no retry can fix (max_entry_bytes would).
     settings = config(
         kafka_bootstrap, backend, producer_request_limits_bytes_per_request=4 * 1048576
     )

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import orjson
 import pytest
 
 from kafka_log_middleware import _log
@@ -131,6 +132,39 @@ async def test_fatal_is_never_retried(reporting: Scripted) -> None:
         assert rig.counts("dropped_kafka_error", "dropped") == {
             "dropped_kafka_error": 2,
             "dropped": 2,
+        }
+
+
+async def test_an_entry_over_the_limit_is_handed_over_truncated(scripted: Scripted) -> None:
+    """Cut to ``max_entry_bytes`` before it reaches the producer, counted as truncated
+    and then delivered; its neighbours go as they are."""
+    padding = {"padding": lambda request: "p" * (10_000 if request_number(request) else 10)}
+    settings = config(max_entry_bytes=2000, custom_fields=padding)
+    async with Rig(scripted, settings) as rig:
+        rig.put(2)
+        await rig.settled()
+        [handover] = rig.handovers()
+        small, big = (orjson.loads(value) for _key, value in handover.messages)
+        assert rig.batches() == [[0, 1]]
+        assert len(handover.messages[1][1]) <= 2000 and small["padding"] == "p" * 10
+        assert big["truncated"]["fields"] == ["padding"]
+        assert rig.counts("delivered", "truncated", "dropped") == {
+            "delivered": 2,
+            "truncated": 1,
+            "dropped": 0,
+        }
+
+
+async def test_an_entry_even_its_skeleton_over_the_limit_is_dropped_as_too_large(
+    scripted: Scripted,
+) -> None:
+    async with Rig(scripted, config(max_entry_bytes=100)) as rig:
+        rig.put(1)
+        await rig.settled()
+        assert rig.batches() == []
+        assert rig.counts("dropped_too_large", "truncated") == {
+            "dropped_too_large": 1,
+            "truncated": 0,
         }
 
 
