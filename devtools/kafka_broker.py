@@ -304,9 +304,11 @@ SECURED_LISTENERS = {
     "MTLS": "SSL",
     "SASL_SSL": "SASL_SSL",
     "SSL_WRONG_HOST": "SSL",
+    "SSL_EXPIRED": "SSL",
 }
 """Listener name → its security protocol. ``MTLS`` is SSL that requires a client
-certificate; ``SSL_WRONG_HOST`` presents a certificate for another host name."""
+certificate; ``SSL_WRONG_HOST`` presents a certificate for another host name,
+``SSL_EXPIRED`` one that has expired."""
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 _LOGIN_MODULES = {
     "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
@@ -321,8 +323,9 @@ class SecuredListeners:
     """The client listeners a broker adds beside PLAINTEXT (``SECURED_LISTENERS``).
 
     ``keystore``: the broker's PEM (PKCS#8 key, then its chain); ``truststore``: the CA
-    the MTLS listener checks client certificates against; ``wrong_host_keystore``: the
-    same for a certificate naming another host (``SSL_WRONG_HOST``); ``users``: name → password,
+    the MTLS listener checks client certificates against; ``wrong_host_keystore`` and
+    ``expired_keystore``: the same for a certificate naming another host
+    (``SSL_WRONG_HOST``) and for one that has expired (``SSL_EXPIRED``); ``users``: name → password,
     for PLAIN and for SCRAM-SHA-256/512 (created when the storage is formatted).
     OAUTHBEARER uses Kafka's unsecured-JWS validator (tokens with ``alg: none``): for
     tests only.
@@ -331,6 +334,7 @@ class SecuredListeners:
     keystore: Path
     truststore: Path
     wrong_host_keystore: Path
+    expired_keystore: Path
     users: Mapping[str, str] = field(default_factory=dict)
 
     def properties(self) -> dict[str, str]:
@@ -344,13 +348,19 @@ class SecuredListeners:
                     props[f"{prefix}{mechanism.lower()}.sasl.jaas.config"] = self._jaas(mechanism)
             if protocol.endswith("SSL"):
                 props[prefix + "ssl.keystore.type"] = "PEM"
-                keystore = self.wrong_host_keystore if name == "SSL_WRONG_HOST" else self.keystore
-                props[prefix + "ssl.keystore.location"] = str(keystore)
+                props[prefix + "ssl.keystore.location"] = str(self._keystore(name))
             if name == "MTLS":
                 props[prefix + "ssl.client.auth"] = "required"
                 props[prefix + "ssl.truststore.type"] = "PEM"
                 props[prefix + "ssl.truststore.location"] = str(self.truststore)
         return props
+
+    def _keystore(self, listener: str) -> Path:
+        if listener == "SSL_WRONG_HOST":
+            return self.wrong_host_keystore
+        if listener == "SSL_EXPIRED":
+            return self.expired_keystore
+        return self.keystore
 
     def _jaas(self, mechanism: str) -> str:
         options = ""

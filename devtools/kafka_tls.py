@@ -4,7 +4,8 @@
 followed by its chain, as Kafka's ``ssl.keystore.type=PEM`` wants it), a client
 certificate signed by the same CA (mTLS), its key in clear and encrypted, and a second,
 unrelated CA (a broker it does not vouch for is untrusted). The broker's certificate
-names ``localhost`` and ``127.0.0.1``; ``wrong_host`` is one that names neither.
+names ``localhost`` and ``127.0.0.1``; ``wrong_host`` is one that names neither, and
+``expired`` one that names them but expired yesterday.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Certificates:
     other_ca: Path
     broker_keystore: Path
     wrong_host_keystore: Path
+    expired_keystore: Path
     client_cert: Path
     client_key: Path
     client_key_encrypted: Path
@@ -48,12 +50,21 @@ def make_certificates(directory: Path) -> Certificates:
     wrong_key, wrong = _leaf(
         ca_key, ca, "kafka.example.com", ExtendedKeyUsageOID.SERVER_AUTH, ["kafka.example.com"]
     )
+    expired_key, expired = _leaf(
+        ca_key,
+        ca,
+        "localhost",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ["localhost", "127.0.0.1"],
+        expired=True,
+    )
     client_key, client = _leaf(ca_key, ca, "kafka-log-client", ExtendedKeyUsageOID.CLIENT_AUTH, [])
     paths = Certificates(
         ca=directory / "ca.pem",
         other_ca=directory / "other-ca.pem",
         broker_keystore=directory / "broker-keystore.pem",
         wrong_host_keystore=directory / "wrong-host-keystore.pem",
+        expired_keystore=directory / "expired-keystore.pem",
         client_cert=directory / "client.pem",
         client_key=directory / "client-key.pem",
         client_key_encrypted=directory / "client-key-encrypted.pem",
@@ -62,6 +73,7 @@ def make_certificates(directory: Path) -> Certificates:
     paths.other_ca.write_bytes(_pem(other))
     paths.broker_keystore.write_bytes(_key(broker_key) + _pem(broker) + _pem(ca))
     paths.wrong_host_keystore.write_bytes(_key(wrong_key) + _pem(wrong) + _pem(ca))
+    paths.expired_keystore.write_bytes(_key(expired_key) + _pem(expired) + _pem(ca))
     paths.client_cert.write_bytes(_pem(client))
     paths.client_key.write_bytes(_key(client_key))
     paths.client_key_encrypted.write_bytes(_key(client_key, KEY_PASSWORD))
@@ -108,9 +120,12 @@ def _leaf(
     name: str,
     usage: x509.ObjectIdentifier,
     hosts: list[str],
+    expired: bool = False,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
+    if expired:
+        now -= datetime.timedelta(days=31)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))

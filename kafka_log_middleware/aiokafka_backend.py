@@ -127,13 +127,15 @@ class AiokafkaProducer(Producer):
                 raise
         self._producer = producer
 
-    def _refusal(self, exc: BaseException) -> str | None:
-        """A SASL or TLS refusal among the errors aiokafka logged for this attempt."""
+    async def _refusal(self, exc: BaseException) -> str | None:
+        """A SASL or TLS refusal among the errors aiokafka logged for this attempt, else
+        what a TLS probe finds (a missing client certificate shows as a closed
+        connection only)."""
         for error in (exc, *reversed(self._client_errors)):
             refusal = refusal_of(error)
             if refusal is not None:
                 return refusal
-        return None
+        return await self._tls_refusal()
 
     async def send(self, topic: str, messages: list[Message], on_done: OnDone) -> None:
         """Queue ``messages`` in ``topic``'s lane (see ``Producer.send``); never waits."""

@@ -112,15 +112,19 @@ class ConfluentProducer(Producer):
         assert self._tokens is not None
         return self._tokens.current()
 
-    def _refusal(self, exc: BaseException) -> str | None:
-        """A SASL or TLS refusal among librdkafka's errors for this attempt."""
+    async def _refusal(self, exc: BaseException) -> str | None:
+        """A SASL or TLS refusal among librdkafka's errors for this attempt; a TLS one
+        as a probe of ours names it (librdkafka says "certificate verify failed" whether
+        the certificate is untrusted, expired or for another host)."""
         if isinstance(exc, TokenError):
             return f"OAUTHBEARER: {exc}"
         for error in reversed(self._client_errors):
             refusal = refusal_of(error)
             if refusal is not None:
+                if refusal.startswith("TLS"):
+                    return await self._tls_refusal() or refusal
                 return refusal
-        return None
+        return await self._tls_refusal()
 
     async def _poll_forever(self) -> None:
         producer = self._producer

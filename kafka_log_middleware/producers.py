@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _log
+from . import _log, tls_probe
 from .config import KafkaLogConfig
 from .security import HIDDEN, SaslAuthentication
 
@@ -102,6 +102,9 @@ class Producer:
         self.refs = 0
         self.closed = False
         self._servers = ",".join(config.bootstrap_servers)
+        self._first_server = config.bootstrap_servers[0]
+        self._tls = config.tls
+        self._timeout = config.timeout / 1000
         self._backoff = max(config.producer_request_retries_backoff_timeout, 50) / 1000
         self._ready = asyncio.Event()
         self._connector: asyncio.Task[None] | None = None
@@ -137,7 +140,7 @@ class Producer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                refusal = self._refusal(exc)
+                refusal = await self._refusal(exc)
                 if refusal is not None:
                     refusal = scrub(refusal, self._secrets)
                 refusals = refusals + 1 if refusal is not None else 0
@@ -172,10 +175,22 @@ class Producer:
         """Connect once; raise when the cluster cannot be reached."""
         raise NotImplementedError
 
-    def _refusal(self, exc: BaseException) -> str | None:
+    async def _refusal(self, exc: BaseException) -> str | None:
         """Why the last connection attempt (which raised ``exc``) was refused, when the
         cluster refused its authentication or TLS; None for any other failure."""
         return None
+
+    async def _tls_refusal(self) -> str | None:
+        """Why the first broker refuses our TLS, by a probe of our own (``tls_probe``);
+        None without TLS, or when it accepts."""
+        if self._tls is None:
+            return None
+        tls = self._tls
+        client_cert = None if tls.user_context else tls.certfile is not None
+        timeout = min(tls_probe.TIMEOUT, self._timeout)
+        return await tls_probe.tls_refusal(
+            self._first_server, tls.ssl_context, timeout, client_cert
+        )
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the connection; True when ready."""

@@ -180,7 +180,7 @@ class ScriptedProducer(Producer):
             raise ConnectionRefusedError("the cluster refuses this producer")
         await self.gate.wait()
 
-    def _refusal(self, exc: BaseException) -> str | None:
+    async def _refusal(self, exc: BaseException) -> str | None:
         return self.maker.refusal
 
     async def send(self, topic: str, messages: list[Message], on_done: OnDone) -> None:

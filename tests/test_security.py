@@ -50,7 +50,11 @@ def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredK
     broker = KafkaBroker(
         workdir=tmp_path_factory.mktemp("kafka-secured"),
         secured=SecuredListeners(
-            certs.broker_keystore, certs.ca, certs.wrong_host_keystore, {USER: PASSWORD}
+            certs.broker_keystore,
+            certs.ca,
+            certs.wrong_host_keystore,
+            certs.expired_keystore,
+            {USER: PASSWORD},
         ),
     )
     broker.start()
@@ -203,31 +207,57 @@ async def test_each_mechanism_publishes_the_same_entries(
 PLANTED = "PLANTED-wrong-password-7f3a"
 """A wrong password: it must not appear in anything we log."""
 
-Refusal = tuple[str, Settings, Settings, str]
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """A listener that refuses ``wrong`` settings, the settings that fix it (towards
+    ``fixed_listener`` when the fault is the broker's), and what the warning names."""
+
+    listener: str
+    wrong: Settings
+    right: Settings
+    cause: str
+    fixed_listener: str | None = None
+
+
+TLS = {"ssl": True}
 REFUSALS: dict[str, Refusal] = {
-    "wrong-password": (
+    "wrong-password": Refusal(
         "SASL_PLAINTEXT",
         lambda c: {"authentication": {**sasl("SCRAM-SHA-256"), "password": PLANTED}},
         lambda c: {"authentication": sasl("SCRAM-SHA-256")},
         "SASL authentication failed",
     ),
-    "unknown-user": (
+    "unknown-user": Refusal(
         "SASL_PLAINTEXT",
         lambda c: {"authentication": {**sasl("SCRAM-SHA-512"), "user": "mallory"}},
         lambda c: {"authentication": sasl("SCRAM-SHA-512")},
         "SASL authentication failed",
     ),
-    "untrusted-certificate": (
+    "untrusted-certificate": Refusal(
         "SSL",
-        lambda c: {"security": {"ssl": True, "cafile": str(c.other_ca)}},
-        lambda c: {"security": {"ssl": True, "cafile": str(c.ca)}},
-        "TLS",
+        lambda c: {"security": {**TLS, "cafile": str(c.other_ca)}},
+        lambda c: {"security": {**TLS, "cafile": str(c.ca)}},
+        "the broker's certificate is not accepted (self-signed certificate in certificate chain)",
     ),
-    "hostname-mismatch": (
+    "expired-certificate": Refusal(
+        "SSL_EXPIRED",
+        lambda c: {"security": {**TLS, "cafile": str(c.ca)}},
+        lambda c: {"security": {**TLS, "cafile": str(c.ca)}},
+        "the broker's certificate is not accepted (certificate has expired)",
+        fixed_listener="SSL",
+    ),
+    "hostname-mismatch": Refusal(
         "SSL_WRONG_HOST",
-        lambda c: {"security": {"ssl": True, "cafile": str(c.ca)}},
-        lambda c: {"security": {"ssl": True, "cafile": str(c.ca), "check_hostname": False}},
-        "TLS",
+        lambda c: {"security": {**TLS, "cafile": str(c.ca)}},
+        lambda c: {"security": {**TLS, "cafile": str(c.ca), "check_hostname": False}},
+        "the broker's certificate is not accepted (IP address mismatch",
+    ),
+    "no-client-certificate": Refusal(
+        "MTLS",
+        lambda c: {"security": {**TLS, "cafile": str(c.ca)}},
+        CASES["mtls"][1],
+        "the broker requires a client certificate",
     ),
 }
 
@@ -264,24 +294,29 @@ async def test_a_refused_connection_is_named_counted_and_fixed_by_update_config(
     fixed settings given to ``update_config()`` deliver the next entries."""
     _log.reset()
     broker, certs = secured_kafka.broker, secured_kafka.certs
-    listener, wrong, right, cause = REFUSALS[case]
+    refusal = REFUSALS[case]
     topic = unique_topic(f"refused-{case}-{backend}")
     config = KafkaLogConfig(
-        bootstrap_servers=(broker.listener(listener),),
+        bootstrap_servers=(broker.listener(refusal.listener),),
         topic=topic,
         producer_backend=backend,  # type: ignore[arg-type]
         producer_async_flush_timeout=20,
         producer_request_retries_max_attempts=2,
-        **wrong(certs),
+        **refusal.wrong(certs),
     )
-    stats, emitted = await refused_then_fixed(config, config.replace(**right(certs)), caplog)
+    fixed = config.replace(
+        bootstrap_servers=(broker.listener(refusal.fixed_listener or refusal.listener),),
+        **refusal.right(certs),
+    )
+    stats, emitted = await refused_then_fixed(config, fixed, caplog)
     assert stats["enqueued"] == 6
     assert stats["dropped"] == stats["dropped_security"] == 3
     assert stats["pending"] == 0
     refusals = [
         r.getMessage() for r in caplog.records if "refuses the connection" in r.getMessage()
     ]
-    assert refusals and all(cause in message for message in refusals)
+    assert refusals, caplog.text
+    assert all(refusal.cause in message for message in refusals), refusals
     emitted += [r.getMessage() for r in caplog.records]
     emitted += [repr(config), caplog.text]
     assert not [text for text in emitted if PLANTED in text or PASSWORD in text]
