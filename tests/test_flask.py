@@ -159,6 +159,16 @@ def test_without_app_config_the_environment_configures(
         ),
         ({**SETTINGS, "topic": "a b"}, "topic", "not a legal Kafka topic name"),
         ("topic=x", 'app.config["KAFKA_LOG"]', "must be a dict of KafkaLogConfig fields"),
+        (
+            {**SETTINGS, "authentication": {"mechanism": "SCRAM-SHA-1", "user": "u"}},
+            "authentication",
+            "SCRAM-SHA-1",
+        ),
+        (
+            {**SETTINGS, "security": {"ssl": True, "cafile": "/no/such/ca.pem"}},
+            "security",
+            "/no/such/ca.pem",
+        ),
     ],
 )
 def test_a_bad_app_config_raises_at_init_naming_the_field(

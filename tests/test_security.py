@@ -4,11 +4,16 @@ SASL_PLAINTEXT and SASL_SSL, TLS with server authentication, and mTLS, on both b
 One broker (its own JVM, for the session) has every listener (``SecuredListeners``),
 with certificates made here (``devtools/kafka_tls.py``). Each case publishes through
 its listener and the entries are read back through the broker's PLAINTEXT listener and
-compared whole with what the same requests give without security.
+compared whole with what the same requests give without security; so do a Flask app's
+(the WSGI door, its settings in ``app.config``). Refusals (a wrong password, an unknown
+user, an untrusted, expired or mismatched broker certificate, a missing client
+certificate, a token that cannot be had) are named, counted and fixed by
+``update_config()``; nothing we emit holds a planted secret.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -28,7 +33,7 @@ from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, _log
 from tests.asgi_driver import http_scope, lifespan, request
 from tests.kafka_helpers import consume, unique_topic
 from tests.oauth_server import token_endpoint, unsecured_token
-from tests.polling import eventually
+from tests.polling import eventually, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -428,3 +433,60 @@ async def test_oauthbearer_without_a_token_is_named_counted_and_fixed_by_update_
     assert refusals and all("OAUTHBEARER: " in m and cause in m for m in refusals)
     emitted += [caplog.text, repr(config)]
     assert not [text for text in emitted if PLANTED in text or PASSWORD in text]
+
+
+# -- the WSGI door (Flask), configured by app.config ---------------------------------------
+
+
+def flask_entries(bootstrap: str, topic: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Serve three requests through a Flask app whose ``app.config["KAFKA_LOG"]`` is
+    ``settings``; the entries read back from ``topic``."""
+    from flask import Flask
+
+    from kafka_log_middleware.flask import KafkaLog
+
+    app = Flask("secured")
+
+    @app.get("/items/<item_id>")
+    def item(item_id: str) -> dict[str, str]:
+        return {"id": item_id}
+
+    app.config["KAFKA_LOG"] = settings
+    KafkaLog(app)
+    middleware = KafkaLog.middleware(app)
+    try:
+        for n in range(3):
+            client = app.test_client()
+            response = client.get(f"/items/{n}?n={n}", headers={"x-n": str(n)}, buffered=True)
+            assert response.status_code == 200
+        wait_until(lambda: middleware.stats()["delivered"] == 3, timeout=60)
+        assert middleware.stats()["dropped"] == 0
+    finally:
+        middleware.close()
+    records = asyncio.run(consume(bootstrap, topic, 3, settle=0.5))
+    found = [comparable(record.value) for record in records if record.value is not None]
+    return sorted(found, key=lambda e: str(e["request"]["headers"]["x-n"]))
+
+
+def test_flask_settings_publish_over_sasl_ssl_as_over_plaintext(
+    secured_kafka: SecuredKafka, backend: str
+) -> None:
+    """``authentication`` and ``security`` as plain dicts in Flask's config, through the
+    WSGI door: the same entries as without security."""
+    broker, certs = secured_kafka.broker, secured_kafka.certs
+    base = {"producer_backend": backend, "producer_async_flush_timeout": 20}
+    plain_topic = unique_topic(f"flask-plaintext-{backend}")
+    reference = flask_entries(
+        broker.bootstrap_servers,
+        plain_topic,
+        {**base, "bootstrap_servers": broker.bootstrap_servers, "topic": plain_topic},
+    )
+    topic = unique_topic(f"flask-sasl-ssl-{backend}")
+    secured = {
+        **base,
+        "bootstrap_servers": broker.listener("SASL_SSL"),
+        "topic": topic,
+        "authentication": sasl("SCRAM-SHA-512"),
+        "security": {"ssl": True, "cafile": str(certs.ca)},
+    }
+    assert flask_entries(broker.bootstrap_servers, topic, secured) == reference
