@@ -42,11 +42,11 @@ Hook = Callable[["CapturedRequest"], Any]
 """A user function of the captured request; runs in the background, never in the request."""
 
 INT32_MAX = 2**31 - 1
+"""The most any time or size field may be: Kafka and librdkafka carry them as int32."""
 RECORD_FRAMING = 128
 """Bytes a message takes in a request beyond its key and value, rounded up: a record
 batch's header (61) and one record's largest framing (26 by aiokafka's estimate, 36 by
 librdkafka's)."""
-"""The most any time or size field may be: Kafka and librdkafka carry them as int32."""
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 # An RFC 9110 token: what an HTTP header name is made of.

@@ -183,9 +183,9 @@ class Producer:
     async def _tls_refusal(self) -> str | None:
         """Why the first broker refuses our TLS, by a probe of our own (``tls_probe``);
         None without TLS, or when it accepts."""
-        if self._tls is None:
-            return None
         tls = self._tls
+        if tls is None:
+            return None
         client_cert = None if tls.user_context else tls.certfile is not None
         timeout = min(tls_probe.TIMEOUT, self._timeout)
         return await tls_probe.tls_refusal(
