@@ -1,4 +1,4 @@
-"""A real single-node Apache Kafka broker (KRaft, combined broker+controller) for tests.
+"""Real Apache Kafka brokers for tests: one combined KRaft node, or a cluster of them.
 
 Stdlib only. The broker runs from the jars that Maven resolves from ``devtools/kafka/pom.xml``
 (see :func:`ensure_jars`); it needs ``java`` (17+) and, for the first download, ``mvn``.
@@ -10,10 +10,12 @@ Library use::
     ensure_jars()
     with KafkaBroker() as broker:
         print(broker.bootstrap_servers)  # "127.0.0.1:PORT"
+    with KafkaCluster(size=3) as cluster:  # three JVMs, one controller quorum
+        print(cluster.bootstrap_servers)  # "127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3"
 
 Command line (runs until SIGINT/SIGTERM)::
 
-    python devtools/kafka_broker.py [--port N] [--workdir DIR]
+    python devtools/kafka_broker.py [--port N] [--workdir DIR] [--nodes N]
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -48,10 +51,14 @@ __all__ = [
     "DEFAULT_LIBS_DIR",
     "SECURED_LISTENERS",
     "BrokerInfo",
+    "ClusterMetadata",
     "KafkaBroker",
+    "KafkaCluster",
+    "PartitionInfo",
     "SecuredListeners",
     "ensure_jars",
     "free_port",
+    "metadata",
     "metadata_brokers",
 ]
 
@@ -64,7 +71,6 @@ STAMP_NAME = ".pom-sha256"
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 LOOPBACK = "127.0.0.1"
-NODE_ID = 1
 
 # Measured on 2 vCPUs / OpenJDK 17 (Kafka 4.3.1): SerialGC + C1-only JIT start the node in
 # about 2 s instead of about 3 s with Kafka's default G1 flags; throughput is irrelevant here.
@@ -248,18 +254,35 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[BrokerInfo]:
-    """Send a raw MetadataRequest v1 (no topics) and return the brokers it lists.
+class PartitionInfo(NamedTuple):
+    topic: str
+    partition: int
+    leader: int  # -1 while the partition has no leader
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+
+class ClusterMetadata(NamedTuple):
+    brokers: list[BrokerInfo]
+    controller_id: int
+    partitions: list[PartitionInfo]
+
+
+def metadata(
+    host: str, port: int, timeout: float = 2.0, *, all_topics: bool = False
+) -> ClusterMetadata:
+    """Send a raw MetadataRequest v1 and return the brokers (and partitions) it lists.
 
     Request: int32 size | int16 api_key=3 | int16 api_version=1 | int32 correlation_id |
-    int16-length client_id | int32 topic_count=0.
+    int16-length client_id | int32 topic_count (0: no topics; -1: all, never auto-creating one).
     Response v1: int32 correlation_id | [int32 node_id, str host, int32 port, nullable str rack]
-    | int32 controller_id | topics (ignored).
+    | int32 controller_id | [int16 error, str name, bool internal, [int16 error, int32 partition,
+    int32 leader, [int32 replica], [int32 isr]]].
     """
     correlation_id = 0x4B42
     client_id = b"kafka-broker-probe"
     body = struct.pack(">hhih", 3, 1, correlation_id, len(client_id)) + client_id
-    body += struct.pack(">i", 0)
+    body += struct.pack(">i", -1 if all_topics else 0)
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.settimeout(timeout)
         sock.sendall(struct.pack(">i", len(body)) + body)
@@ -282,6 +305,9 @@ def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[BrokerI
         pos += length
         return raw.decode("utf-8")
 
+    def take_ids() -> tuple[int, ...]:
+        return tuple(take(">i") for _ in range(take(">i")))
+
     if take(">i") != correlation_id:
         raise ConnectionError("unexpected correlation id in Metadata response")
     brokers: list[BrokerInfo] = []
@@ -291,7 +317,25 @@ def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[BrokerI
         bport = take(">i")
         take_str()  # rack
         brokers.append(BrokerInfo(node_id, bhost, bport))
-    return brokers
+    controller_id = take(">i")
+    partitions: list[PartitionInfo] = []
+    for _ in range(take(">i")):
+        topic_error = take(">h")
+        topic = take_str() or ""
+        take(">b")  # is_internal
+        for _ in range(take(">i")):
+            take(">h")  # partition error: the leader (-1) and replica lists tell all we need
+            index = take(">i")
+            leader = take(">i")
+            info = PartitionInfo(topic, index, leader, take_ids(), take_ids())
+            if topic_error == 0:
+                partitions.append(info)
+    return ClusterMetadata(brokers, controller_id, partitions)
+
+
+def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[BrokerInfo]:
+    """The brokers a raw MetadataRequest v1 (no topics) lists: see :func:`metadata`."""
+    return metadata(host, port, timeout).brokers
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,6 +454,10 @@ class KafkaBroker:
     ``stop()``/``kill()`` comes back on the same port with the same data (the storage is
     formatted only once). The one exception: if an auto-picked port is taken by someone else
     before the very first start, ``start()`` retries with new ports.
+
+    Alone, the node is its own quorum (formatted ``--standalone``). As a member of a
+    :class:`KafkaCluster` it gets ``voters`` (node id → controller port of every node, a static
+    ``controller.quorum.voters``) and the cluster's shared ``cluster_id``.
     """
 
     def __init__(
@@ -422,7 +470,16 @@ class KafkaBroker:
         libs: Path | None = None,
         extra_properties: dict[str, str] | None = None,
         secured: SecuredListeners | None = None,
+        node_id: int = 1,
+        voters: Mapping[int, int] | None = None,
+        cluster_id: str | None = None,
     ) -> None:
+        if voters is not None:
+            if node_id not in voters:
+                raise ValueError(f"node {node_id} is not one of the voters {dict(voters)}")
+            if controller_port is not None and controller_port != voters[node_id]:
+                raise ValueError("controller_port differs from this node's entry in voters")
+            controller_port = voters[node_id]
         ports = [p for p in _free_ports(3 + len(SECURED_LISTENERS)) if p != port]
         self._port = port if port is not None else ports[0]
         self._controller_port = controller_port if controller_port is not None else ports[1]
@@ -443,6 +500,9 @@ class KafkaBroker:
         self._libs = libs
         self._extra_properties = dict(extra_properties or {})
         self._secured = secured
+        self._node_id = node_id
+        self._voters = dict(voters) if voters is not None else None
+        self._cluster_id = cluster_id
         self._secured_ports = (
             dict(zip(SECURED_LISTENERS, ports[2:], strict=False)) if secured is not None else {}
         )
@@ -451,6 +511,10 @@ class KafkaBroker:
         self._log_offset = 0
 
     # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> int:
+        return self._node_id
 
     @property
     def port(self) -> int:
@@ -499,7 +563,10 @@ class KafkaBroker:
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
-        return f"<KafkaBroker {LOOPBACK}:{self._port} {state} workdir={self._workdir}>"
+        return (
+            f"<KafkaBroker node {self._node_id} {LOOPBACK}:{self._port} {state} "
+            f"workdir={self._workdir}>"
+        )
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -510,10 +577,19 @@ class KafkaBroker:
         protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"] + [
             f"{name}:{SECURED_LISTENERS[name]}" for name in self._secured_ports
         ]
+        if self._voters is None:
+            quorum = {"controller.quorum.bootstrap.servers": f"{LOOPBACK}:{self._controller_port}"}
+        else:
+            voters = [f"{node}@{LOOPBACK}:{port}" for node, port in sorted(self._voters.items())]
+            quorum = {"controller.quorum.voters": ",".join(voters)}
+        # Internal and auto-created topics get every node as a replica; acks=all then needs
+        # two of them (one on a single node).
+        replicas = str(len(self._voters) if self._voters is not None else 1)
+        min_isr = str(min(2, int(replicas)))
         props = {
             "process.roles": "broker,controller",
-            "node.id": str(NODE_ID),
-            "controller.quorum.bootstrap.servers": f"{LOOPBACK}:{self._controller_port}",
+            "node.id": str(self._node_id),
+            **quorum,
             "listeners": ",".join(
                 [*client_listeners, f"CONTROLLER://{LOOPBACK}:{self._controller_port}"]
             ),
@@ -524,13 +600,15 @@ class KafkaBroker:
             "log.dirs": str(self.data_dir),
             "num.partitions": "1",
             "auto.create.topics.enable": "true",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
             "log.cleaner.dedupe.buffer.size": str(2 * 1024 * 1024),
             "num.network.threads": "2",
@@ -540,9 +618,10 @@ class KafkaBroker:
             # ready in ~2 s. With controlled.shutdown.enable=false every restart waited a full
             # broker.session.timeout.ms (default 9 s) for the old registration to expire. The
             # controller runs in the same JVM, so controlled shutdown cannot hang on a missing
-            # quorum here (and stop() falls back to SIGKILL anyway).
+            # quorum here unless most of a cluster is down (and stop() falls back to SIGKILL).
             "controlled.shutdown.enable": "true",
-            # Shortens the wait after kill() (crash) + start(): ~4 s instead of ~9 s.
+            # Shortens the wait after kill() (crash) + start(), and in a cluster the time until
+            # a killed node is fenced and its partitions get new leaders: ~4 s instead of ~9 s.
             "broker.heartbeat.interval.ms": "1000",
             "broker.session.timeout.ms": "4000",
             # Exit instead of hanging forever if the node cannot come up.
@@ -577,8 +656,9 @@ class KafkaBroker:
             *self._java_base("256m"),
             "kafka.tools.StorageTool",
             "format",
-            "--standalone",
-            f"--cluster-id={_random_cluster_id()}",
+            # A static quorum (controller.quorum.voters) must be formatted without quorum flags.
+            *(["--standalone"] if self._voters is None else []),
+            f"--cluster-id={self._cluster_id or _random_cluster_id()}",
             "--config",
             str(self.properties_path),
             *(self._secured.scram_arguments() if self._secured is not None else []),
@@ -645,13 +725,19 @@ class KafkaBroker:
         )
         _LIVE_BROKERS.add(self)
         try:
-            self._wait_ready(deadline, timeout)
+            self._wait_ready(deadline, brokers=1)
         except BaseException:
             self.kill()
             raise
 
-    def _wait_ready(self, deadline: float, timeout: float) -> None:
-        assert self._proc is not None
+    def wait_ready(self, brokers: int = 1, timeout: float = 90.0) -> None:
+        """Wait until this running node serves Metadata listing itself and ``brokers`` in all."""
+        self._wait_ready(time.monotonic() + timeout, brokers)
+
+    def _wait_ready(self, deadline: float, brokers: int) -> None:
+        if self._proc is None:
+            raise RuntimeError(f"{self!r} is not started")
+        timeout = max(0.0, deadline - time.monotonic())
         last_error = "broker port not open yet"
         while True:
             rc = self._proc.poll()
@@ -667,10 +753,10 @@ class KafkaBroker:
                     raise _PortInUseError(msg)
                 raise RuntimeError(msg)
             try:
-                brokers = metadata_brokers(LOOPBACK, self._port, timeout=2.0)
-                if any(b.port == self._port for b in brokers):
+                listed = metadata_brokers(LOOPBACK, self._port, timeout=2.0)
+                if any(b.port == self._port for b in listed) and len(listed) >= brokers:
                     return
-                last_error = f"Metadata lists brokers {brokers}"
+                last_error = f"Metadata lists brokers {listed}, waiting for {brokers}"
             except OSError as exc:
                 last_error = repr(exc)
             if time.monotonic() >= deadline:
@@ -756,6 +842,176 @@ def _first_error_line(log: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# the cluster
+# --------------------------------------------------------------------------------------------
+
+
+class KafkaCluster:
+    """``size`` combined KRaft nodes on 127.0.0.1, one JVM each, forming one quorum of ``size``
+    voters; internal and auto-created topics get ``size`` replicas and a min ISR of 2 (or 1).
+
+    Each node is a :class:`KafkaBroker` (``nodes``, ``node(id)``): a test may ``kill()``,
+    ``stop()`` and ``start()`` one, and it comes back on the same port with the same data.
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        workdir: Path | None = None,
+        heap: str = "384m",
+        *,
+        libs: Path | None = None,
+        extra_properties: dict[str, str] | None = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one node")
+        if workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="kafka-cluster-"))
+            self._owns_workdir = True
+        else:
+            self._workdir = Path(workdir).resolve()
+            self._workdir.mkdir(parents=True, exist_ok=True)
+            self._owns_workdir = False
+        self._size = size
+        self._heap = heap
+        self._libs = libs
+        self._extra_properties = dict(extra_properties or {})
+        self._cluster_id = _random_cluster_id()
+        self._ports_observed = False
+        self._nodes = self._make_nodes()
+
+    def _make_nodes(self) -> tuple[KafkaBroker, ...]:
+        ports = _free_ports(2 * self._size)
+        voters = {i + 1: ports[self._size + i] for i in range(self._size)}
+        return tuple(
+            KafkaBroker(
+                port=ports[i],
+                workdir=self._workdir / f"node{node_id}",
+                heap=self._heap,
+                libs=self._libs,
+                extra_properties=self._extra_properties,
+                node_id=node_id,
+                voters=voters,
+                cluster_id=self._cluster_id,
+            )
+            for i, node_id in enumerate(sorted(voters))
+        )
+
+    @property
+    def nodes(self) -> tuple[KafkaBroker, ...]:
+        self._ports_observed = True
+        return self._nodes
+
+    def node(self, node_id: int) -> KafkaBroker:
+        """The node whose ``node.id`` is ``node_id`` (ids are 1 to ``size``)."""
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
+        raise KeyError(f"no node {node_id} in this cluster")
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.bootstrap_servers for node in self.nodes)
+
+    @property
+    def workdir(self) -> Path:
+        return self._workdir
+
+    def __repr__(self) -> str:
+        return f"<KafkaCluster {list(self._nodes)!r}>"
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start every stopped node at once (no node is ready before a quorum is up), then wait
+        until each serves Metadata listing all brokers."""
+        deadline = time.monotonic() + timeout
+        may_repick = not self._ports_observed and not any(
+            node.is_running or node._is_formatted() for node in self._nodes
+        )
+        for attempt in range(3 if may_repick else 1):
+            try:
+                self._each(lambda node: node.start(timeout), self._nodes)  # running: no-op
+                break
+            except _PortInUseError:
+                if not may_repick or attempt == 2:
+                    raise
+                # A pre-picked port was taken before the first start: every node's voter list
+                # names every controller port, so all nodes get new ports and a fresh format.
+                self._each(KafkaBroker.kill, self._nodes)
+                for node in self._nodes:
+                    shutil.rmtree(node.workdir, ignore_errors=True)
+                self._nodes = self._make_nodes()
+        for node in self._nodes:
+            node.wait_ready(brokers=self._size, timeout=max(1.0, deadline - time.monotonic()))
+
+    def partition(self, topic: str, partition: int = 0) -> PartitionInfo | None:
+        """The partition's state if every running node that answers reports the same, else
+        ``None`` (leader ``-1`` while it has none, or the topic does not exist)."""
+        seen: set[PartitionInfo] = set()
+        for node in self._nodes:
+            if not node.is_running:
+                continue
+            try:
+                found = metadata(LOOPBACK, node.port, all_topics=True).partitions
+            except OSError:
+                continue  # e.g. restarting: not serving yet
+            matches = [p for p in found if p.topic == topic and p.partition == partition]
+            seen.add(matches[0] if matches else PartitionInfo(topic, partition, -1, (), ()))
+        return seen.pop() if len(seen) == 1 else None
+
+    def leader_of(self, topic: str, partition: int = 0, timeout: float = 30.0) -> int:
+        """Node id of the partition's leader, once it has one that all running nodes agree on.
+
+        Right after a leader is killed, the answer is still the dead node until the controller
+        fences it (``broker.session.timeout.ms``): poll for a change.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.partition(topic, partition)
+            if info is not None and info.leader >= 0:
+                return info.leader
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{topic}-{partition} has no agreed leader after {timeout}s")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        """SIGKILL every node, then delete the workdir if this object created it.
+
+        Not a clean stop: the data is thrown away, and stopping a whole quorum cleanly only
+        makes the last nodes wait (about 5 s) for the peers that already left.
+        """
+        self._each(KafkaBroker.kill, self._nodes)
+        if self._owns_workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+    @staticmethod
+    def _each(action: Callable[[KafkaBroker], None], nodes: Sequence[KafkaBroker]) -> None:
+        """Run ``action`` on all nodes in parallel threads; re-raise the first error (a port
+        clash first, so that ``start()`` can retry it)."""
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            futures = [pool.submit(action, node) for node in nodes]
+        errors = [exc for exc in (f.exception() for f in futures) if exc is not None]
+        port_errors = [exc for exc in errors if isinstance(exc, _PortInUseError)]
+        if errors:
+            raise (port_errors or errors)[0]
+
+    def __enter__(self) -> KafkaCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
 
@@ -775,31 +1031,41 @@ def _stop_signals() -> Iterator[threading.Event]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run a single-node Kafka broker for tests.")
+    parser = argparse.ArgumentParser(description="Run a Kafka broker (or cluster) for tests.")
     parser.add_argument("--port", type=int, default=None, help="broker port (default: free)")
     parser.add_argument("--workdir", type=Path, default=None, help="data/log dir (default: tmp)")
-    parser.add_argument("--heap", default="512m", help="JVM -Xmx (default: 512m)")
+    parser.add_argument("--heap", default=None, help="JVM -Xmx per node (default: 512m/384m)")
+    parser.add_argument("--nodes", type=int, default=1, help="cluster size (default: 1)")
     args = parser.parse_args(argv)
+    if args.nodes > 1 and args.port is not None:
+        parser.error("--port applies to a single node only")
 
     ensure_jars()
-    broker = KafkaBroker(port=args.port, workdir=args.workdir, heap=args.heap)
+    server: KafkaBroker | KafkaCluster
+    if args.nodes > 1:
+        server = KafkaCluster(args.nodes, workdir=args.workdir, heap=args.heap or "384m")
+    else:
+        server = KafkaBroker(port=args.port, workdir=args.workdir, heap=args.heap or "512m")
     with _stop_signals() as stop_requested:
         try:
             started = time.monotonic()
-            broker.start()
-            print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+            server.start()
+            nodes = server.nodes if isinstance(server, KafkaCluster) else (server,)
+            print(f"KAFKA_BOOTSTRAP_SERVERS={server.bootstrap_servers}", flush=True)
+            logs = ", ".join(str(node.log_path) for node in nodes)
             print(
-                f"# started in {time.monotonic() - started:.1f}s, log: {broker.log_path}",
+                f"# started in {time.monotonic() - started:.1f}s, log: {logs}",
                 file=sys.stderr,
                 flush=True,
             )
             while not stop_requested.wait(0.5):
-                if not broker.is_running:
-                    print(f"broker exited:\n{broker.log_tail()}", file=sys.stderr, flush=True)
-                    return 1
+                for node in nodes:
+                    if not node.is_running:
+                        print(f"broker exited:\n{node.log_tail()}", file=sys.stderr, flush=True)
+                        return 1
             return 0
         finally:
-            broker.close()
+            server.close()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Kafka broker for the whole session, and extra brokers on demand."""
+"""Shared fixtures: a real Kafka broker for the whole session, extra brokers and a 3-node
+cluster on demand."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not add it
     sys.path.insert(0, str(_REPO_ROOT))
 
-from devtools.kafka_broker import KafkaBroker, ensure_jars  # noqa: E402
+from devtools.kafka_broker import KafkaBroker, KafkaCluster, ensure_jars  # noqa: E402
 from tests.kafka_helpers import BrokerFactory  # noqa: E402
 
 
@@ -58,6 +59,26 @@ def kafka_broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture(scope="module")
+def _kafka_cluster_of_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """One 3-node cluster per test module that asks for ``kafka_cluster``."""
+    ensure_jars()
+    cluster = KafkaCluster(size=3, workdir=tmp_path_factory.mktemp("kafka-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def kafka_cluster(_kafka_cluster_of_module: KafkaCluster) -> KafkaCluster:
+    """A running 3-node KRaft cluster, shared within a module: nodes that an earlier test
+    stopped or killed are started again first (same ports, same data)."""
+    _kafka_cluster_of_module.start()
+    return _kafka_cluster_of_module
 
 
 @pytest.fixture(params=["aiokafka", "confluent"])

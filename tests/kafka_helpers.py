@@ -6,7 +6,7 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -58,16 +58,24 @@ async def _wait_for_topic(admin: Any, topic: str, deadline: float) -> list[int] 
         await asyncio.sleep(0.2)
 
 
-async def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
-    """Create ``topic`` (replication factor 1) and wait until all its partitions have leaders.
+async def create_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int = 1,
+    replication_factor: int = 1,
+    configs: Mapping[str, str] | None = None,
+) -> None:
+    """Create ``topic`` and wait until all its partitions have leaders.
 
-    An already existing topic is accepted as is.
+    ``configs``: topic configs such as ``{"min.insync.replicas": "2"}``. An already existing
+    topic is accepted as is.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        new = NewTopic(topic, partitions, replication_factor, topic_configs=dict(configs or {}))
         try:
-            resp = await admin.create_topics([NewTopic(topic, partitions, 1)])
+            resp = await admin.create_topics([new])
         except TopicAlreadyExistsError:
             resp = None
         for err in getattr(resp, "topic_errors", ()):
