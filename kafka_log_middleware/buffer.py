@@ -6,7 +6,10 @@ may have reached Kafka: its last attempt timed out, or it was in flight at shutd
 at every moment ``enqueued == delivered + dropped + uncertain + pending``. The bound
 applies to pending entries (buffered, being encoded, or handed to Kafka and not yet
 acknowledged): memory stays bounded while Kafka is down, and the overflow is counted,
-never silent.
+never silent. Past the bound the new entry is refused (``drop_newest``, Kong's), or, with
+``evict_oldest``, taken and the publisher told to drop the oldest one not handed to Kafka
+yet in its place (``owed``; at most ``limit`` owed at once, beyond which the new one is
+refused after all).
 
 Threads: the publisher (its event loop's thread) takes entries and settles them; a door
 puts them, from that loop (``put``, ASGI) or from any other thread (``put_threadsafe``,
@@ -62,16 +65,22 @@ class LogBuffer:
         "delivered",
         "drops",
         "enqueued",
+        "evict_oldest",
         "full",
         "limit",
+        "owed",
         "retried",
         "settled",
         "truncated",
         "uncertain",
     )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, evict_oldest: bool = False) -> None:
         self.limit = limit
+        self.evict_oldest = evict_oldest
+        """Past the bound, make room by dropping the oldest entry (``drop_oldest``)."""
+        self.owed = 0
+        """Entries taken past the bound: as many of the oldest are to be dropped."""
         self._items: deque[CapturedRequest] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._wake_at = 1
@@ -108,8 +117,14 @@ class LogBuffer:
         call); drops it when the bound is reached."""
         self.enqueued += 1
         if self.enqueued - self.full - self.settled > self.limit:
-            self._refuse()
-            return
+            if not self.evict_oldest or self.owed >= self.limit:
+                self._refuse()
+                return
+            self.owed += 1
+            if self.owed == 1:  # once per turn of the publisher, which pays them all
+                self._items.append(item)
+                self._wake()
+                return
         items = self._items
         items.append(item)
         if len(items) >= self._wake_at and self._waiter is not None:
@@ -121,19 +136,25 @@ class LogBuffer:
         for this entry, once per wait."""
         with self._lock:
             self.enqueued += 1
+            owing = refused = False
+            waiter = None
             if self.enqueued - self.full - self.settled > self.limit:
-                self.full += 1
-                waiter = None
-            else:
+                if not self.evict_oldest or self.owed >= self.limit:
+                    self.full += 1
+                    refused = True
+                else:
+                    self.owed += 1
+                    owing = self.owed == 1  # see put
+            if not refused:
                 items = self._items
                 items.append(item)
                 waiter = self._waiter
-                if waiter is None or self._wake_sent or len(items) < self._wake_at:
+                if waiter is None or self._wake_sent or (len(items) < self._wake_at and not owing):
                     return
                 self._wake_sent = True
-        if waiter is None:
+        if refused:
             self._warn_full()  # outside the lock: logging does I/O
-        elif not waiter.done():
+        elif waiter is not None and not waiter.done():
             # A closed loop raises RuntimeError: whoever takes over looks at the buffer.
             with contextlib.suppress(RuntimeError):
                 waiter.get_loop().call_soon_threadsafe(self._wake)
@@ -184,6 +205,12 @@ class LogBuffer:
     def wake(self) -> None:
         """Wake a waiting publisher now (at shutdown or on a config change)."""
         self._wake()
+
+    def take_owed(self) -> int:
+        """How many of the oldest entries to drop now (``evict_oldest``); resets the debt."""
+        with self._lock:
+            owed, self.owed = self.owed, 0
+        return owed
 
     def peek(self) -> CapturedRequest | None:
         """The oldest buffered entry, if any."""
@@ -241,7 +268,7 @@ class LogBuffer:
         # snapshot.
         delivered, uncertain = self.delivered, self.uncertain
         drops = dict(self.drops)
-        drops["buffer_full"] = self.full
+        drops["buffer_full"] += self.full
         buffered = len(self._items)
         enqueued = self.enqueued
         dropped = sum(drops.values())

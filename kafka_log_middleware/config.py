@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 LogFormat = Literal["kong2", "kong3"]
 Backend = Literal["aiokafka", "confluent"]
+Delivery = Literal["at_most_once", "at_least_once"]
+Overflow = Literal["drop_newest", "drop_oldest"]
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 Hook = Callable[["CapturedRequest"], Any]
 """A user function of the captured request; runs in the background, never in the request."""
 
@@ -57,6 +60,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ACKS = (-1, 0, 1)
 _FORMATS = ("kong2", "kong3")
 _BACKENDS = ("aiokafka", "confluent")
+_DELIVERIES = ("at_most_once", "at_least_once")
+_OVERFLOWS = ("drop_newest", "drop_oldest")
+_COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 _CLIENT_ID_MAX = 32767
 """Bytes of UTF-8 in a Kafka request header's client id (an int16-length string)."""
 
@@ -92,7 +98,7 @@ class KafkaLogFields(TypedDict, total=False):
     topic: str
     timeout: int
     keepalive: int
-    producer_request_acks: int
+    producer_request_acks: int | None
     producer_request_timeout: int
     producer_request_limits_messages_per_request: int
     producer_request_limits_bytes_per_request: int
@@ -102,6 +108,11 @@ class KafkaLogFields(TypedDict, total=False):
     producer_async: bool
     producer_async_flush_timeout: int
     producer_async_buffering_limits_messages_in_memory: int
+    buffer_max_bytes: int
+    overflow: Overflow
+    delivery: Delivery
+    enable_idempotence: bool | None
+    compression_type: Compression
     log_format: LogFormat
     redact_headers: Iterable[str]
     redact_response_headers: Iterable[str]
@@ -137,8 +148,9 @@ class KafkaLogConfig:
     """Socket/request timeout towards the brokers (aiokafka ``request_timeout_ms``)."""
     keepalive: int = 60000
     """Idle connections are closed after this long (aiokafka ``connections_max_idle_ms``)."""
-    producer_request_acks: int = 1
-    """Acknowledgements required: -1 (all in-sync replicas), 0 (none) or 1 (leader)."""
+    producer_request_acks: int | None = None
+    """Acknowledgements required: -1 (all in-sync replicas), 0 (none) or 1 (leader).
+    None: Kong's 1, or -1 with ``delivery="at_least_once"`` (see ``acks``)."""
     producer_request_timeout: int = 2000
     """How long the broker waits for replicas' acknowledgements (the produce request timeout)."""
     producer_request_limits_messages_per_request: int = 200
@@ -147,7 +159,8 @@ class KafkaLogConfig:
     """Most bytes in one batch (aiokafka ``max_batch_size``/``max_request_size``)."""
     max_entry_bytes: int | None = None
     """Largest Kafka message (key and value) an entry becomes; a longer entry is truncated,
-    not dropped (see ``truncation.py``). None: the batch limit less a record's framing."""
+    not dropped (see ``truncation.py``). None: the batch limit less a record's framing
+    (or ``buffer_max_bytes``, if less)."""
     producer_request_retries_max_attempts: int = 10
     """Attempts to deliver a batch before its entries are counted as dropped."""
     producer_request_retries_backoff_timeout: int = 100
@@ -158,6 +171,21 @@ class KafkaLogConfig:
     """Longest time an entry waits in memory before it is sent (Kong's flush timer)."""
     producer_async_buffering_limits_messages_in_memory: int = 50000
     """Bound on entries held (buffered or awaiting acknowledgement); beyond it, dropped."""
+    buffer_max_bytes: int = 64 * 1024 * 1024
+    """Bound on the bytes of encoded entries held in memory (waiting for their batch, for a
+    retry, or for Kafka's acknowledgement); beyond it, ``overflow`` says which go."""
+    overflow: Overflow = "drop_newest"
+    """Past a bound: ``"drop_newest"`` refuses the new entry (Kong's behaviour),
+    ``"drop_oldest"`` makes room by dropping the oldest not handed to Kafka yet."""
+    delivery: Delivery = "at_most_once"
+    """``"at_most_once"`` (Kong's) or ``"at_least_once"``: acks from all in-sync
+    replicas, the idempotent producer, and retries until delivered (see the README)."""
+    enable_idempotence: bool | None = None
+    """The idempotent producer (no duplicates from the client's own retries); None: on
+    with ``delivery="at_least_once"``, else off. Needs ``producer_request_acks=-1``."""
+    compression_type: Compression = "none"
+    """Batch compression: ``"none"``, ``"gzip"``, ``"snappy"``, ``"lz4"`` or ``"zstd"``
+    (with aiokafka, the last three need the ``compression`` extra)."""
 
     log_format: LogFormat = "kong2"
     """``"kong2"`` (Kong 2.0 basic serializer) or ``"kong3"`` (Kong 3.x ``kong.log.serialize``)."""
@@ -226,6 +254,13 @@ class KafkaLogConfig:
                 f"{self.producer_request_limits_bytes_per_request} with a record's framing "
                 f"({RECORD_FRAMING} bytes): lower it to {room} at most, or raise the limit",
             )
+        if self.max_entry_bytes is not None and self.max_entry_bytes > self.buffer_max_bytes:
+            raise InvalidConfig(
+                "buffer_max_bytes",
+                f"buffer_max_bytes={self.buffer_max_bytes} cannot hold one entry of "
+                f"max_entry_bytes={self.max_entry_bytes}: raise it, or lower max_entry_bytes",
+            )
+        self._check_delivery()
         if self.producer_backend == "confluent":
             if self.tls is not None and self.tls.user_context:
                 raise InvalidConfig(
@@ -235,12 +270,55 @@ class KafkaLogConfig:
                 )
             _check_librdkafka(self)
 
+    def _check_delivery(self) -> None:
+        """The acks, idempotence and codec that ``delivery`` and the client allow."""
+        if self.delivery == "at_least_once" and self.producer_request_acks not in (None, -1):
+            raise InvalidConfig(
+                "producer_request_acks",
+                f"delivery='at_least_once' needs producer_request_acks=-1 (or unset), not "
+                f"{self.producer_request_acks}: with fewer acknowledgements a broker that "
+                f"fails loses what it had acknowledged",
+            )
+        if self.enable_idempotence and self.acks != -1:
+            raise InvalidConfig(
+                "enable_idempotence",
+                "enable_idempotence=True needs producer_request_acks=-1 (Kafka's idempotent "
+                "producer requires acknowledgements from all in-sync replicas)",
+            )
+        codec = self.compression_type
+        if (
+            codec in ("snappy", "lz4", "zstd")
+            and self.producer_backend == "aiokafka"
+            and importlib.util.find_spec("cramjam") is None
+        ):
+            raise InvalidConfig(
+                "compression_type",
+                f"compression_type={codec!r} needs cramjam with the aiokafka backend: "
+                "pip install 'kafka-log-middleware[compression]'",
+            )
+
+    @property
+    def acks(self) -> int:
+        """The acknowledgements asked for: ``producer_request_acks``, or when unset 1
+        (Kong's default) or -1 with ``delivery="at_least_once"``."""
+        if self.producer_request_acks is not None:
+            return self.producer_request_acks
+        return -1 if self.delivery == "at_least_once" else 1
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether the producer is idempotent (``enable_idempotence``, or its default)."""
+        if self.enable_idempotence is not None:
+            return self.enable_idempotence
+        return self.delivery == "at_least_once"
+
     @property
     def entry_limit(self) -> int:
         """The most bytes an entry's message (key and value) may take."""
         if self.max_entry_bytes is not None:
             return self.max_entry_bytes
-        return max(0, self.producer_request_limits_bytes_per_request - RECORD_FRAMING)
+        room = self.producer_request_limits_bytes_per_request - RECORD_FRAMING
+        return max(0, min(room, self.buffer_max_bytes))
 
     @property
     def sasl(self) -> Authentication | None:
@@ -312,7 +390,9 @@ class KafkaLogConfig:
             self.bootstrap_servers,
             self.timeout,
             self.keepalive,
-            self.producer_request_acks,
+            self.acks,
+            self.idempotent,
+            self.compression_type,
             self.producer_request_timeout,
             self.producer_request_limits_bytes_per_request,
             self.producer_request_retries_backoff_timeout,
@@ -328,14 +408,15 @@ class KafkaLogConfig:
         return {
             "bootstrap_servers": list(self.bootstrap_servers),
             "client_id": self.client_id,
-            "acks": "all" if self.producer_request_acks == -1 else self.producer_request_acks,
+            "acks": "all" if self.acks == -1 else self.acks,
             "request_timeout_ms": self.timeout,
             "connections_max_idle_ms": self.keepalive,
             "retry_backoff_ms": self.producer_request_retries_backoff_timeout,
             "max_batch_size": size,
             "max_request_size": size,
             "linger_ms": 0,
-            "enable_idempotence": False,
+            "enable_idempotence": self.idempotent,
+            "compression_type": None if self.compression_type == "none" else self.compression_type,
             **aiokafka_security(self.sasl, self.tls),
         }
 
@@ -398,6 +479,7 @@ _INT_FIELDS = frozenset(
         "producer_request_retries_backoff_timeout",
         "producer_async_flush_timeout",
         "producer_async_buffering_limits_messages_in_memory",
+        "buffer_max_bytes",
         "shutdown_timeout",
     }
 )
@@ -407,12 +489,16 @@ _warned_env: set[str] = set()
 
 def _parse_env(name: str, raw: str) -> Any:
     """The value of field ``name`` from its variable's text; messages never quote it."""
+    if name == "producer_request_acks" and not raw.strip():
+        return None
     if name in _INT_FIELDS:
         try:
             return int(raw.strip())
         except ValueError:
             raise ValueError("expected an integer") from None
-    if name in ("producer_async", "native_serializer"):
+    if name == "enable_idempotence" and not raw.strip():
+        return None
+    if name in ("producer_async", "native_serializer", "enable_idempotence"):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
@@ -746,7 +832,7 @@ _CHECKS: dict[str, Check] = {
     # librdkafka's floor for socket.timeout.ms, for both clients.
     "timeout": _int_in(10),
     "keepalive": _int_in(1),
-    "producer_request_acks": _int_in(-1, 1),
+    "producer_request_acks": _optional(_int_in(-1, 1)),
     "producer_request_timeout": _int_in(1),
     "producer_request_limits_messages_per_request": _int_in(1),
     "producer_request_limits_bytes_per_request": _int_in(1),
@@ -756,6 +842,11 @@ _CHECKS: dict[str, Check] = {
     "producer_async": _bool,
     "producer_async_flush_timeout": _int_in(1),
     "producer_async_buffering_limits_messages_in_memory": _int_in(1),
+    "buffer_max_bytes": _int_in(1024),
+    "overflow": _choice(*_OVERFLOWS),
+    "delivery": _choice(*_DELIVERIES),
+    "enable_idempotence": _optional(_bool),
+    "compression_type": _choice(*_COMPRESSIONS),
     "log_format": _choice(*_FORMATS),
     "redact_headers": _header_names,
     "redact_response_headers": _header_names,

@@ -21,7 +21,7 @@ from typing import Any
 import confluent_kafka
 
 from . import _log
-from .config import KafkaLogConfig
+from .config import INT32_MAX, KafkaLogConfig
 from .oauth import TokenError, TokenSource
 from .producers import Failure, Message, OnDone, Producer, Verdict
 from .security import OAuthBearer, librdkafka_security
@@ -43,7 +43,7 @@ def librdkafka_options(config: KafkaLogConfig) -> dict[str, Any]:
     return {
         "bootstrap.servers": ",".join(config.bootstrap_servers),
         "client.id": config.client_id,
-        "acks": "all" if config.producer_request_acks == -1 else config.producer_request_acks,
+        "acks": "all" if config.acks == -1 else config.acks,
         "request.timeout.ms": config.producer_request_timeout,
         "socket.timeout.ms": config.timeout,
         # Like aiokafka's batch expiry: a batch undelivered after `timeout` fails, and the
@@ -58,10 +58,13 @@ def librdkafka_options(config: KafkaLogConfig) -> dict[str, Any]:
         "queue.buffering.max.messages": config.producer_async_buffering_limits_messages_in_memory
         + config.producer_request_limits_messages_per_request,
         "queue.buffering.max.kbytes": 2097151,
-        "enable.idempotence": False,
-        # Every re-send is the publisher's, which knows when one may duplicate an entry
-        # (a request that timed out may have been written) and counts it.
-        "retries": 0,
+        "enable.idempotence": config.idempotent,
+        # Without idempotence every re-send is the publisher's, which knows when one may
+        # duplicate an entry (a request that timed out may have been written) and counts
+        # it. The idempotent producer needs librdkafka's own retries, which the broker
+        # deduplicates, within message.timeout.ms.
+        "retries": INT32_MAX if config.idempotent else 0,
+        "compression.type": config.compression_type,
         # Java's (and aiokafka's) key hashing, so both backends put a key on one partition.
         "partitioner": "murmur2_random",
         # Connection trouble is reported by our own rate-limited warnings, not per attempt.

@@ -24,6 +24,14 @@ from .publisher import Publisher, Resolver
 _running_loop = asyncio.get_running_loop
 
 
+def _buffer_for(config: KafkaLogConfig) -> LogBuffer:
+    """A buffer bounded as ``config`` says."""
+    return LogBuffer(
+        config.producer_async_buffering_limits_messages_in_memory,
+        config.overflow == "drop_oldest",
+    )
+
+
 class Pipeline:
     """The buffer, publishers and producers behind a middleware, for one config at a time."""
 
@@ -37,7 +45,7 @@ class Pipeline:
         self._resolver = resolver
         self._threaded = threaded
         """Fed from other threads than the publisher's (see ``THREADED_ENCODE_DELAY``)."""
-        self.buffer = LogBuffer(config.producer_async_buffering_limits_messages_in_memory)
+        self.buffer = _buffer_for(config)
         """Where a door puts each finished request (``put`` never blocks; replaced in a
         forked worker, so look it up per request)."""
         self._pid = os.getpid()
@@ -59,7 +67,7 @@ class Pipeline:
         if self._pid != os.getpid():
             # A forked worker starts afresh: its parent's entries are the parent's to send.
             self._pid = os.getpid()
-            self.buffer = LogBuffer(self.config.producer_async_buffering_limits_messages_in_memory)
+            self.buffer = _buffer_for(self.config)
             if old is not None:
                 # Kept, never used: collected here, its tasks would be reported destroyed.
                 self._parents = old
@@ -130,6 +138,7 @@ class Pipeline:
         """Switch to ``config`` for new requests (see the doors' ``update_config``)."""
         self.config = config
         self.buffer.limit = config.producer_async_buffering_limits_messages_in_memory
+        self.buffer.evict_oldest = config.overflow == "drop_oldest"
         publisher = self.publisher
         if publisher is not None and not publisher.loop.is_closed():
             publisher.loop.call_soon_threadsafe(self.buffer.wake)

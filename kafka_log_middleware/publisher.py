@@ -11,7 +11,10 @@ Each entry ends delivered, dropped with a reason, or uncertain (see ``buffer.py`
 failed batches are retried with backoff up to ``producer_request_retries_max_attempts``
 times. A retry after an attempt that may have reached Kafka may duplicate its entries:
 those are counted as ``retried``, and entries given up after such an attempt as
-``uncertain``, never as dropped.
+``uncertain``, never as dropped. The encoded bytes held (outboxes, retries, in flight)
+are bounded by ``buffer_max_bytes``; ``delivery="at_least_once"`` retries without a
+limit (backing off up to ``_RETRY_BACKOFF_MAX``) and holds entries for a producer the
+cluster refuses instead of dropping them.
 """
 
 from __future__ import annotations
@@ -55,6 +58,18 @@ of its loop hands the GIL over and back, which costs far more than a turn of a l
 request path runs in, so it wakes 20 times a second at most under load."""
 _READY_POLL = 0.25
 """How often an outbox waiting for its producer's connection looks again, in seconds."""
+_RETRY_BACKOFF_MAX = 5.0
+"""Longest wait between two attempts past ``producer_request_retries_max_attempts``
+(``at_least_once``), in seconds."""
+
+
+def _size(messages: list[Message]) -> int:
+    """The bytes ``messages`` hold (keys and values), as the byte bound counts them."""
+    return sum(len(value) + (0 if key is None else len(key)) for key, value in messages)
+
+
+def _at_least_once(config: KafkaLogConfig) -> bool:
+    return config.delivery == "at_least_once"
 
 
 @dataclass(eq=False)
@@ -95,13 +110,24 @@ class _Attempt:
     outbox the messages came from, the attempt's number, and ``written_before``: an
     earlier attempt may have reached Kafka (so they are counted as retried already)."""
 
-    __slots__ = ("box", "number", "publisher", "written_before")
+    __slots__ = ("box", "count", "number", "publisher", "size", "written_before")
 
-    def __init__(self, publisher: Publisher, box: _Outbox, number: int, written: bool) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        box: _Outbox,
+        number: int,
+        written: bool,
+        messages: list[Message],
+    ) -> None:
         self.publisher = publisher
         self.box = box
         self.number = number
         self.written_before = written
+        self.count = len(messages)
+        """Messages not reported yet."""
+        self.size = _size(messages)
+        """Their bytes (see ``Publisher._held``)."""
 
     def __call__(
         self, delivered: int, failed: list[Message], failure: Failure | None, resent: bool
@@ -130,6 +156,8 @@ class Publisher:
         self._uses: dict[tuple[Any, ...], _Use] = {}
         self._outboxes: dict[tuple[int, str], _Outbox] = {}
         self._retries: deque[_Retry] = deque()
+        self._held = 0
+        """Bytes of the encoded entries held: in outboxes, retries or in flight."""
         self._stopping = False
         self._accounting_closed = False
         self._task: asyncio.Task[None] | None = None
@@ -189,6 +217,7 @@ class Publisher:
         self.buffer.drain_all()
         self._outboxes.clear()
         self._retries.clear()
+        self._held = 0
         if maybe_written:
             self.buffer.give_up_uncertain(maybe_written)
         if self.buffer.pending:
@@ -220,6 +249,7 @@ class Publisher:
             self._retries.append(
                 _Retry(box, retry.messages, retry.attempt, 0.0, retry.maybe_written)
             )
+        self._held += sum(_size(retry.messages) for retry in self._retries)
         in_flight = old._in_flight()
         old._outboxes.clear()
         old._retries.clear()
@@ -235,6 +265,8 @@ class Publisher:
     async def _run(self) -> None:
         while True:
             await self._wait_for_work()
+            if self.buffer.owed:
+                self._evict(self.buffer.take_owed(), 0, self._config().buffer_max_bytes)
             if self.buffer:
                 await self._encode_buffered()
             await self._send_due_retries()
@@ -259,6 +291,8 @@ class Publisher:
                 await unready[0].producer.wait_ready(_READY_POLL)
             return
         while not self._stopping:
+            if self.buffer.owed:
+                return
             config = self._config()
             self._sweep(config)
             now = time.monotonic()
@@ -277,7 +311,7 @@ class Publisher:
                 timers.append(due)
             for retry in self._retries:
                 if not retry.box.use.producer.ready:
-                    if retry.box.use.producer.refused:
+                    if self._drops_refused(retry.box):
                         return
                     timers.append(_READY_POLL)
                 elif retry.due <= now:
@@ -294,7 +328,7 @@ class Publisher:
         if not box.messages:
             return None
         if not box.use.producer.ready:
-            return 0.0 if box.use.producer.refused else _READY_POLL
+            return 0.0 if self._drops_refused(box) else _READY_POLL
         config = box.config
         batch = config.producer_request_limits_messages_per_request
         if not config.producer_async or len(box.messages) >= batch:
@@ -313,6 +347,7 @@ class Publisher:
         box: _Outbox | None = None
         clock = time.perf_counter
         slice_end = clock() + SLICE_SECONDS
+        bound = self._config().buffer_max_bytes
         while left > 0 and self.buffer:
             left -= _CHUNK
             for request in self.buffer.take(_CHUNK):
@@ -320,6 +355,10 @@ class Publisher:
                 if encoded is None:
                     continue
                 config, message = encoded
+                size = len(message[1]) + (0 if message[0] is None else len(message[0]))
+                if self._held + size > bound and not self._made_room(size, bound, config):
+                    continue
+                self._held += size
                 if config is not last_config or box is None:  # mostly one config: look up once
                     last_config, box = config, self._outbox(config)
                 if not box.messages:
@@ -328,6 +367,49 @@ class Publisher:
             if clock() >= slice_end:
                 await asyncio.sleep(0)
                 slice_end = clock() + SLICE_SECONDS
+
+    def _made_room(self, size: int, bound: int, config: KafkaLogConfig) -> bool:
+        """Past the byte bound: True when the oldest entries made room for ``size`` more
+        bytes (``drop_oldest``); else the new entry is dropped (``buffer_full``)."""
+        if config.overflow == "drop_oldest":
+            self._evict(0, size, bound)
+            if self._held + size <= bound:
+                return True
+        self.buffer.drop("buffer_full", 1)
+        return False
+
+    def _evict(self, count: int, room: int, bound: int) -> None:
+        """Drop at least ``count`` of the oldest entries not handed to Kafka, and more
+        until ``room`` bytes fit under ``bound``: retries first (the oldest), then
+        outboxes, then captured requests (``buffer_full``; possibly written: uncertain)."""
+
+        def done() -> bool:
+            return count <= 0 and self._held + room <= bound
+
+        while self._retries and not done():
+            retry = self._retries[0]
+            message = retry.messages.pop(0)
+            if not retry.messages:
+                self._retries.popleft()
+            self._held -= _size([message])
+            count -= 1
+            if retry.maybe_written:
+                self.buffer.give_up_uncertain(1)
+            else:
+                self.buffer.drop("buffer_full", 1)
+        for box in sorted(self._outboxes.values(), key=lambda b: b.since):
+            taken = 0
+            while taken < len(box.messages) and not done():
+                self._held -= _size([box.messages[taken]])
+                taken += 1
+                count -= 1
+            if taken:
+                del box.messages[:taken]
+                self.buffer.drop("buffer_full", taken)
+        if count > 0:
+            taken = len(self.buffer.take(count))
+            if taken:
+                self.buffer.drop("buffer_full", taken)
 
     def _outbox(self, config: KafkaLogConfig) -> _Outbox:
         use = self._use(config)
@@ -351,9 +433,9 @@ class Publisher:
                 else:  # Kong's sync mode: each entry on its own
                     for message in messages:
                         await self._hand_over(box, [message], 1)
-            elif box.use.producer.refused:
+            elif self._drops_refused(box):
                 messages, box.messages = box.messages, []
-                self._refused(len(messages), False)
+                self._refused(messages, False)
 
     def _encode(self, request: CapturedRequest) -> tuple[KafkaLogConfig, Message] | None:
         try:
@@ -405,15 +487,17 @@ class Publisher:
         use = box.use
         use.in_flight += len(messages)
         use.last_used = time.monotonic()
-        on_done = self._on_done_for(box, attempt, written_before)
+        on_done = self._on_done_for(box, attempt, written_before, messages)
         try:
             await use.producer.send(box.config.topic, messages, on_done)
         except Exception as exc:  # a backend failing outright: count, never lose
             on_done(0, messages, Failure(Verdict.RETRY, type(exc).__name__), False)
 
-    def _on_done_for(self, box: _Outbox, attempt: int, written_before: bool) -> OnDone:
+    def _on_done_for(
+        self, box: _Outbox, attempt: int, written_before: bool, messages: list[Message]
+    ) -> OnDone:
         """The delivery report of one attempt (see ``_Attempt``)."""
-        return _Attempt(self, box, attempt, written_before)
+        return _Attempt(self, box, attempt, written_before, messages)
 
     def _reported(
         self,
@@ -426,6 +510,16 @@ class Publisher:
         attempt.box.use.in_flight -= delivered + len(failed)
         if self._accounting_closed:
             return
+        # What was delivered leaves the byte bound; what failed is held until it settles.
+        reported = delivered + len(failed)
+        failed_size = _size(failed) if failed else 0
+        if reported >= attempt.count:
+            delivered_size = attempt.size - failed_size
+        else:  # part of a batch (librdkafka reports per message): the batch's mean
+            delivered_size = delivered * attempt.size // max(attempt.count, 1)
+        attempt.count -= reported
+        attempt.size -= delivered_size + failed_size
+        self._held -= delivered_size
         if delivered:
             self.buffer.deliver(delivered)
             if resent and not attempt.written_before:  # the client re-sent them itself
@@ -455,15 +549,22 @@ class Publisher:
             self._requeued(newly_uncertain)
             return
         config = box.config
+        attempts = config.producer_request_retries_max_attempts
         if (
             verdict is Verdict.RETRY
-            and attempt < config.producer_request_retries_max_attempts
+            and (attempt < attempts or _at_least_once(config))
             and not self._stopping
         ):
-            due = time.monotonic() + config.producer_request_retries_backoff_timeout / 1000
+            backoff = config.producer_request_retries_backoff_timeout / 1000
+            if attempt >= attempts:  # at_least_once goes on, ever more slowly
+                backoff = min(
+                    max(backoff, 0.05) * 2 ** min(attempt - attempts, 16), _RETRY_BACKOFF_MAX
+                )
+            due = time.monotonic() + backoff
             self._retries.append(_Retry(box, messages, attempt + 1, due, maybe_written))
             self._requeued(newly_uncertain)
             return
+        self._held -= _size(messages)
         if maybe_written:
             self.buffer.give_up_uncertain(len(messages))
         elif verdict in (Verdict.TOO_LARGE, Verdict.SPLIT):
@@ -479,12 +580,19 @@ class Publisher:
             failure.cause,
         )
 
-    def _refused(self, count: int, maybe_written: bool) -> None:
-        """``count`` entries for a producer the cluster refuses (see ``Producer.refused``)."""
+    def _drops_refused(self, box: _Outbox) -> bool:
+        """Whether ``box``'s entries are to be dropped as ``security`` now: its producer
+        is refused by the cluster, and its delivery is at most once (at least once, they
+        wait within the bounds for the cluster to accept it)."""
+        return box.use.producer.refused is not None and not _at_least_once(box.config)
+
+    def _refused(self, messages: list[Message], maybe_written: bool) -> None:
+        """Entries for a producer the cluster refuses (see ``Producer.refused``)."""
+        self._held -= _size(messages)
         if maybe_written:  # an earlier attempt, before the refusals, may have reached Kafka
-            self.buffer.give_up_uncertain(count)
+            self.buffer.give_up_uncertain(len(messages))
         else:
-            self.buffer.drop("security", count)  # warns; the producer named the cause
+            self.buffer.drop("security", len(messages))  # warns; the producer named the cause
 
     def _requeued(self, retried: int) -> None:
         """Messages go again: ``retried`` of them after an attempt that may have reached Kafka."""
@@ -498,8 +606,8 @@ class Publisher:
         while self._retries:
             retry = self._retries.popleft()
             producer = retry.box.use.producer
-            if not producer.ready and producer.refused:
-                self._refused(len(retry.messages), retry.maybe_written)
+            if not producer.ready and self._drops_refused(retry.box):
+                self._refused(retry.messages, retry.maybe_written)
                 continue
             if not producer.ready or (retry.due > now and not self._stopping):
                 waiting.append(retry)
@@ -553,6 +661,7 @@ def _delivery(config: KafkaLogConfig) -> tuple[Any, ...]:
     """The fields that say how a config's entries travel: entries differing here never
     share an outbox, so each config's own policy applies to its entries."""
     return (
+        config.delivery,
         config.producer_async,
         config.producer_async_flush_timeout,
         config.producer_request_limits_messages_per_request,

@@ -357,7 +357,8 @@ class Rig:
         self.scripted = scripted
         self.config = config
         limit = config.producer_async_buffering_limits_messages_in_memory
-        self.buffer = buffer if buffer is not None else LogBuffer(limit)
+        evict_oldest = config.overflow == "drop_oldest"
+        self.buffer = buffer if buffer is not None else LogBuffer(limit, evict_oldest)
         self.cache = ProducerCache()
         self.publisher = Publisher(self.buffer, self._config_in_force, self.cache, resolver)
         self.config_reads = 0
@@ -450,8 +451,12 @@ class Rig:
         return {name: stats[name] for name in names}
 
     def check(self) -> None:
-        """Fail on any accounting problem seen so far, or now."""
+        """Fail on any accounting problem seen so far, or now (the bytes held included:
+        none once nothing is pending)."""
         problems = self.violations + invariant_problems(self.buffer.stats())
+        held = self.publisher._held
+        if held < 0 or (held and not self.buffer.pending):
+            problems.append(f"{held} bytes held with {self.buffer.pending} entries pending")
         assert not problems, problems
 
     async def until(self, condition: Callable[[], bool], timeout: float = WAIT) -> None:

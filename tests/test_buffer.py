@@ -327,6 +327,26 @@ def test_threads_putting_at_once_lose_no_count() -> None:
     }
 
 
+def test_threads_putting_past_the_bound_with_evict_oldest_owe_at_most_the_bound() -> None:
+    """``drop_oldest`` from racing threads: entries past the bound are taken and owed (the
+    publisher drops as many of the oldest), up to the bound; the rest refused, none lost."""
+    buffer = LogBuffer(1_000, evict_oldest=True)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        put_from_threads(buffer, threads=8, each=500)
+    finally:
+        sys.setswitchinterval(switch)
+    assert counts(buffer, "enqueued", "pending", "buffered", "dropped_buffer_full") == {
+        "enqueued": 4_000,
+        "pending": 2_000,  # the bound, and as many owed
+        "buffered": 2_000,
+        "dropped_buffer_full": 2_000,
+    }
+    assert buffer.take_owed() == 1_000
+    assert buffer.take_owed() == 0
+
+
 class CountedWakes:
     """Counts the wakes a buffer asks of the running loop from other threads."""
 

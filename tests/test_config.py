@@ -59,7 +59,7 @@ def test_defaults_are_the_kong_plugins() -> None:
     assert config.bootstrap_servers == ("127.0.0.1:9092",)
     assert config.timeout == 10000
     assert config.keepalive == 60000
-    assert config.producer_request_acks == 1
+    assert config.producer_request_acks is None and config.acks == 1
     assert config.producer_request_timeout == 2000
     assert config.producer_request_limits_messages_per_request == 200
     assert config.producer_request_limits_bytes_per_request == 1048576
@@ -1040,3 +1040,124 @@ def test_a_builtin_without_a_signature_is_trusted_as_a_hook() -> None:
     else:  # pragma: no cover - depends on the Python version
         pytest.skip("vars has a signature on this Python")
     assert make(route=vars).route is vars
+
+
+# -- delivery modes, idempotence, compression, the byte bound -------------------------------
+
+
+def test_delivery_defaults_are_kongs_at_most_once() -> None:
+    config = make()
+    assert (config.delivery, config.acks, config.idempotent) == ("at_most_once", 1, False)
+    assert (config.compression_type, config.overflow) == ("none", "drop_newest")
+    assert config.buffer_max_bytes == 64 * 1024 * 1024
+    options = config.aiokafka_options()
+    assert (options["acks"], options["enable_idempotence"], options["compression_type"]) == (
+        1,
+        False,
+        None,
+    )
+
+
+def test_at_least_once_asks_all_replicas_and_the_idempotent_producer() -> None:
+    config = make(delivery="at_least_once")
+    assert (config.acks, config.idempotent) == (-1, True)
+    options = config.aiokafka_options()
+    assert (options["acks"], options["enable_idempotence"]) == ("all", True)
+    rdkafka = librdkafka_options(config.replace(producer_backend="confluent"))
+    assert (rdkafka["acks"], rdkafka["enable.idempotence"]) == ("all", True)
+    assert rdkafka["retries"] == INT32_MAX  # librdkafka's idempotence needs its retries
+    # From a default config too: the unset acks follow the delivery mode.
+    assert make().replace(delivery="at_least_once").acks == -1
+    assert make(delivery="at_least_once", producer_request_acks=-1) == config.replace(
+        producer_request_acks=-1
+    )
+    assert not make(delivery="at_least_once", enable_idempotence=False).idempotent
+
+
+def test_idempotence_alone_needs_all_acks() -> None:
+    assert make(enable_idempotence=True, producer_request_acks=-1).idempotent
+    assert librdkafka_options(make(producer_backend="confluent"))["retries"] == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"delivery": "at_least_once", "producer_request_acks": 1}, "producer_request_acks", "-1"),
+        ({"delivery": "at_least_once", "producer_request_acks": 0}, "producer_request_acks", "-1"),
+        ({"enable_idempotence": True}, "enable_idempotence", "producer_request_acks=-1"),
+        ({"delivery": "exactly_once"}, "delivery", "'at_most_once' or 'at_least_once'"),
+        ({"overflow": "spill"}, "overflow", "'drop_newest' or 'drop_oldest'"),
+        ({"compression_type": "brotli"}, "compression_type", "'zstd'"),
+        ({"compression_type": None}, "compression_type", "not NoneType"),
+        ({"enable_idempotence": "yes"}, "enable_idempotence", "True or False"),
+        ({"buffer_max_bytes": 1023}, "buffer_max_bytes", "from 1024"),
+        ({"buffer_max_bytes": 4096, "max_entry_bytes": 8192}, "buffer_max_bytes", "8192"),
+    ],
+)
+def test_delivery_refusals_name_the_field(changes: dict[str, Any], field: str, words: str) -> None:
+    with pytest.raises(InvalidConfig) as refused:
+        make(**changes)
+    assert refused.value.field == field
+    assert words in str(refused.value)
+
+
+def test_a_byte_bound_below_the_batch_limit_caps_an_entry() -> None:
+    assert make(buffer_max_bytes=100_000).entry_limit == 100_000
+    assert make().entry_limit == 1048576 - 128
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+async def test_every_codec_builds_both_clients(codec: str) -> None:
+    config = make(compression_type=codec)
+    producer = AIOKafkaProducer(**config.aiokafka_options())  # refuses a codec it cannot load
+    await producer.stop()
+    confluent_kafka.Producer(librdkafka_options(config.replace(producer_backend="confluent")))
+
+
+def test_aiokafka_codecs_without_cramjam_are_refused_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "cramjam" else real(name, *a)
+    )
+    with pytest.raises(InvalidConfig, match=r"kafka-log-middleware\[compression\]") as refused:
+        make(compression_type="lz4")
+    assert refused.value.field == "compression_type"
+    assert make(compression_type="gzip").compression_type == "gzip"  # the standard library's
+
+
+def test_delivery_fields_from_env() -> None:
+    env = {
+        "KAFKA_LOG_BOOTSTRAP_SERVERS": "k:9092",
+        "KAFKA_LOG_TOPIC": "t",
+        "KAFKA_LOG_DELIVERY": "at_least_once",
+        "KAFKA_LOG_ENABLE_IDEMPOTENCE": "false",
+        "KAFKA_LOG_COMPRESSION_TYPE": "zstd",
+        "KAFKA_LOG_BUFFER_MAX_BYTES": "2000000",
+        "KAFKA_LOG_OVERFLOW": "drop_oldest",
+        "KAFKA_LOG_PRODUCER_REQUEST_ACKS": "",
+    }
+    assert KafkaLogConfig.from_env(environ=env) == make(
+        bootstrap_servers="k:9092",
+        topic="t",
+        delivery="at_least_once",
+        enable_idempotence=False,
+        compression_type="zstd",
+        buffer_max_bytes=2_000_000,
+        overflow="drop_oldest",
+    )
+
+
+def test_delivery_settings_shape_the_producer() -> None:
+    keys = {
+        make().producer_key(),
+        make(delivery="at_least_once").producer_key(),
+        make(compression_type="gzip").producer_key(),
+        make(producer_request_acks=-1).producer_key(),
+    }
+    assert len(keys) == 4
+    assert make(producer_request_acks=1).producer_key() == make().producer_key()
+    # The same client either way: how entries are retried is the publisher's business.
+    idempotent = make(enable_idempotence=True, producer_request_acks=-1)
+    assert make(delivery="at_least_once").producer_key() == idempotent.producer_key()

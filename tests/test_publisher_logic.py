@@ -22,6 +22,7 @@ from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig
 from kafka_log_middleware.producers import Verdict
 from kafka_log_middleware.publisher import Publisher, Resolver
+from kafka_log_middleware.serializer import encode_entry
 from tests.scripted import (
     DELIVER,
     RETRY,
@@ -38,6 +39,7 @@ from tests.scripted import (
     Rig,
     Scripted,
     always,
+    captured,
     config,
     fail,
     in_turn,
@@ -1011,7 +1013,7 @@ async def test_a_resolver_config_with_other_producer_settings_gets_its_own_produ
     async with Rig(scripted, settings, resolver=resolve) as rig:
         rig.put(4)
         await rig.settled()
-        assert [p.config.producer_request_acks for p in scripted.made] == [1, -1]
+        assert [p.config.acks for p in scripted.made] == [1, -1]
         assert [[h.ids for h in p.handovers] for p in scripted.made] == [[[0, 1]], [[2, 3]]]
 
 
@@ -1327,3 +1329,128 @@ def test_entries_taken_over_from_an_old_outbox_get_every_attempt(scripted: Scrip
         "uncertain": 0,
         "pending": 0,
     }
+
+
+# -- the byte bound and the overflow policy ---------------------------------------------
+
+
+def _entry_bytes() -> int:
+    """About the size of one encoded entry of these tests (they differ in a digit or two)."""
+    return len(encode_entry(captured(10, config())))
+
+
+async def test_past_the_byte_bound_new_entries_are_dropped_buffer_full(scripted: Scripted) -> None:
+    """``drop_newest`` (Kong's): what would go over ``buffer_max_bytes`` is refused and
+    counted; what was held is delivered, and the bytes held go back to zero."""
+    scripted.respond = always(Keep.HELD)  # in flight, unacknowledged: still held
+    bound = 4 * _entry_bytes() + 10
+    async with Rig(scripted, config(buffer_max_bytes=bound)) as rig:
+        rig.put(9)
+        await rig.until(lambda: rig.counts("dropped")["dropped"] == 5)
+        assert rig.counts("dropped_buffer_full", "pending") == {
+            "dropped_buffer_full": 5,
+            "pending": 4,
+        }
+        assert 0 < rig.publisher._held <= bound
+        for handover in rig.producer.held():
+            rig.producer.report(handover, DELIVER)
+        await rig.settled()
+        assert sorted(i for h in rig.handovers() for i in h.ids) == [0, 1, 2, 3]
+        assert rig.counts("delivered")["delivered"] == 4
+
+
+async def test_drop_oldest_makes_room_with_the_oldest_entries_not_yet_handed_over(
+    scripted: Scripted,
+) -> None:
+    """Past the byte bound, ``drop_oldest`` drops the oldest waiting entries (counted
+    ``buffer_full``) so that the newest go out."""
+    scripted.ready = False  # nothing is handed over: everything waits in the outbox
+    bound = 4 * _entry_bytes() + 10
+    settings = config(buffer_max_bytes=bound, overflow="drop_oldest")
+    async with Rig(scripted, settings) as rig:
+        rig.put(9)
+        await rig.encoded()
+        assert rig.counts("dropped_buffer_full", "pending") == {
+            "dropped_buffer_full": 5,
+            "pending": 4,
+        }
+        assert rig.publisher._held <= bound
+        rig.producer.gate.set()
+        await rig.settled()
+        assert scripted.delivered_ids() == [5, 6, 7, 8]
+
+
+async def test_drop_oldest_past_the_count_bound_keeps_the_newest(scripted: Scripted) -> None:
+    """The entry bound with ``drop_oldest``: the newest are taken, the oldest dropped in
+    their place by the publisher's next turn; pending never stays above the bound. Past
+    twice the bound before that turn, new ones are refused after all."""
+    scripted.ready = False
+    settings = config(producer_async_buffering_limits_messages_in_memory=5, overflow="drop_oldest")
+    async with Rig(scripted, settings) as rig:
+        rig.put(8)
+        await rig.until(lambda: rig.counts("pending")["pending"] == 5)
+        assert rig.counts("dropped_buffer_full")["dropped_buffer_full"] == 3
+        rig.put(12)  # 8 to 19: 5 owed at most, the rest refused
+        await rig.until(lambda: rig.counts("pending")["pending"] == 5)
+        assert rig.counts("dropped_buffer_full")["dropped_buffer_full"] == 15
+        rig.producer.gate.set()
+        await rig.settled()
+        assert scripted.delivered_ids() == [8, 9, 10, 11, 12]
+
+
+async def test_drop_newest_past_the_count_bound_keeps_the_oldest(scripted: Scripted) -> None:
+    scripted.ready = False
+    settings = config(producer_async_buffering_limits_messages_in_memory=5)
+    async with Rig(scripted, settings) as rig:
+        rig.put(12)
+        assert rig.counts("dropped_buffer_full", "pending") == {
+            "dropped_buffer_full": 7,
+            "pending": 5,
+        }
+        rig.producer.gate.set()
+        await rig.settled()
+        assert scripted.delivered_ids() == list(range(5))
+
+
+# -- at least once -------------------------------------------------------------------
+
+
+async def test_at_least_once_retries_past_max_attempts_until_delivered(
+    reporting: Scripted,
+) -> None:
+    """No entry is given up for a retriable failure: attempts go on past
+    ``producer_request_retries_max_attempts`` (backing off) until Kafka takes them."""
+    reporting.respond = in_turn(*[RETRY] * 5, then=DELIVER)
+    settings = config(
+        delivery="at_least_once",
+        producer_request_retries_max_attempts=2,
+        producer_request_retries_backoff_timeout=1,
+    )
+    async with Rig(reporting, settings) as rig:
+        rig.put(1)
+        await rig.settled()
+        assert rig.batches() == [[0]] * 6
+        assert rig.counts("delivered", "dropped") == {"delivered": 1, "dropped": 0}
+
+
+async def test_at_least_once_still_drops_what_kafka_refuses_for_good(scripted: Scripted) -> None:
+    scripted.respond = always(FATAL)
+    async with Rig(scripted, config(delivery="at_least_once")) as rig:
+        rig.put(2)
+        await rig.settled()
+        assert rig.counts("dropped_kafka_error")["dropped_kafka_error"] == 2
+
+
+async def test_at_least_once_holds_entries_for_a_refused_producer(scripted: Scripted) -> None:
+    """A cluster refusing our credentials: at least once, the entries wait (within the
+    bounds) instead of being dropped as ``security``, and go once it accepts."""
+    scripted.refusal = "SASL authentication failed (invalid credentials)"
+    settings = config(delivery="at_least_once", producer_request_retries_max_attempts=1)
+    async with Rig(scripted, settings) as rig:
+        rig.put(3)
+        await rig.until(lambda: scripted.made[0].refused is not None)
+        await rig.quiet()
+        assert rig.counts("dropped", "pending") == {"dropped": 0, "pending": 3}
+        scripted.refusal = None
+        await rig.settled()
+        assert scripted.delivered_ids() == [0, 1, 2]
