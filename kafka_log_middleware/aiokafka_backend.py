@@ -14,7 +14,6 @@ import asyncio
 import ssl
 import weakref
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -23,13 +22,17 @@ from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
     IllegalSaslStateError,
+    InvalidProducerEpoch,
     KafkaConnectionError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     NotEnoughReplicasAfterAppendError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
     RecordListTooLargeError,
     RequestTimedOutError,
     SaslAuthenticationFailed,
+    UnknownProducerId,
     UnsupportedSaslMechanismError,
 )
 from aiokafka.partitioner import DefaultPartitioner
@@ -51,6 +54,13 @@ _MAYBE_WRITTEN = (
     asyncio.CancelledError,  # in flight when the producer closed
 )
 """Errors after which the batch may be in Kafka (aiokafka's idempotence is off)."""
+_NEEDS_A_NEW_CLIENT = (
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
+    UnknownProducerId,
+    ProducerFenced,
+)
+"""Idempotent-producer states no retry on the same client gets out of."""
 _SASL_REFUSED = (
     SaslAuthenticationFailed,
     AuthenticationFailedError,
@@ -66,7 +76,7 @@ def failure_of(error: BaseException, maybe_written: bool = False) -> Failure:
     cause = type(error).__name__
     if isinstance(error, MessageSizeTooLargeError | RecordListTooLargeError):
         verdict = Verdict.SPLIT
-    elif isinstance(error, KafkaTimeoutError | asyncio.CancelledError) or getattr(
+    elif isinstance(error, KafkaTimeoutError | TimeoutError | asyncio.CancelledError) or getattr(
         error, "retriable", False
     ):
         verdict = Verdict.RETRY
@@ -98,7 +108,11 @@ class AiokafkaProducer(Producer):
     def __init__(self, config: KafkaLogConfig) -> None:
         super().__init__(config)
         self._options = config.aiokafka_options()
-        self._ack_timeout = config.producer_request_timeout
+        self._ack_timeout_ms = config.producer_request_timeout
+        self._start_guard = self._timeout * (len(config.bootstrap_servers) + 1) + 5.0
+        """``start()`` tries each bootstrap server for up to ``timeout``, then fails."""
+        self._stopping: set[asyncio.Task[None]] = set()
+        """Replaced clients being stopped."""
         self._producer: Any = None
         self._lanes: dict[str, _Lane] = {}
         self._lane_tasks: dict[str, asyncio.Task[None]] = {}
@@ -118,10 +132,11 @@ class AiokafkaProducer(Producer):
             # Kong's producer_request_timeout is the produce request's own timeout (how
             # long the broker waits for acks). aiokafka sends its sender's
             # request_timeout_ms there and nowhere else; the client's wait stays `timeout`.
-            producer._sender._request_timeout_ms = self._ack_timeout
+            producer._sender._request_timeout_ms = self._ack_timeout_ms
             _watch_attempts(producer._sender, self._maybe_written)
             try:
-                await producer.start()
+                async with asyncio.timeout(self._start_guard):  # aiokafka #759
+                    await producer.start()
             except BaseException:
                 await _stop_quietly(producer, self._backoff)
                 raise
@@ -173,7 +188,8 @@ class AiokafkaProducer(Producer):
                 # Taken from the lane only once the metadata is there: until then the
                 # batch can still be withdrawn (it has not reached aiokafka).
                 try:
-                    partitions = sorted(await self._producer.partitions_for(topic))
+                    async with asyncio.timeout(self.guard):
+                        partitions = sorted(await self._producer.partitions_for(topic))
                 except Exception as exc:  # no metadata in time: the topic's trouble
                     failure = failure_of(exc)
                     while lane:
@@ -184,7 +200,8 @@ class AiokafkaProducer(Producer):
                     messages, on_done = lane.popleft()
                     await self._send_now(topic, partitions, messages, on_done)
         finally:
-            del self._lanes[topic], self._lane_tasks[topic]
+            if self._lanes.get(topic) is lane:  # not a new lane of a replaced client's
+                del self._lanes[topic], self._lane_tasks[topic]
 
     async def _send_now(
         self, topic: str, partitions: list[int], messages: list[Message], on_done: OnDone
@@ -199,8 +216,15 @@ class AiokafkaProducer(Producer):
             key = message[0]
             part = unkeyed if key is None else _partition_for_key(key, partitions, available)
             groups.setdefault(part, []).append(message)
-        for partition, group in groups.items():
-            await self._send_partition(topic, partition, group, on_done)
+        waiting = list(groups.values())
+        try:
+            for partition, group in groups.items():
+                await self._send_partition(topic, partition, group, on_done)
+                waiting.pop(0)
+        except asyncio.CancelledError:  # a replaced client: the rest was never sent
+            for group in waiting[1:]:
+                on_done(0, group, CLOSED, False)
+            raise
 
     async def _send_partition(
         self, topic: str, partition: int, group: list[Message], on_done: OnDone
@@ -219,34 +243,41 @@ class AiokafkaProducer(Producer):
             batch.close()
             sent = group[start:end]
             try:
-                future = await producer.send_batch(batch, topic, partition=partition)
+                async with asyncio.timeout(self.guard):
+                    future = await producer.send_batch(batch, topic, partition=partition)
+            except asyncio.CancelledError:
+                on_done(0, group[start:], CLOSED, False)
+                raise
             except Exception as exc:  # no room in time, or the producer closed
                 on_done(0, group[start:], failure_of(exc), False)
+                if isinstance(exc, TimeoutError):  # its own wait has a timeout: stuck
+                    self.replace_client("no room for a batch")
                 return
             queued = _queued_batch(producer, topic, partition, batch)
-            future.add_done_callback(self._reporter(sent, on_done, queued))
+            future.add_done_callback(_Delivery(self, sent, on_done, queued).report)
             start = end
 
-    def _reporter(
-        self, sent: list[Message], on_done: OnDone, queued: Any
-    ) -> Callable[[asyncio.Future[Any]], None]:
-        maybe_written = self._maybe_written
-
-        def report(future: asyncio.Future[Any]) -> None:
-            resent = queued is not None and queued in maybe_written
-            if future.cancelled():
-                on_done(0, sent, failure_of(asyncio.CancelledError(), resent), False)
-                return
-            error = future.exception()
-            if error is None:
-                on_done(len(sent), [], None, resent)
-            else:
-                on_done(0, sent, failure_of(error, resent), False)
-
-        return report
+    def _drop_client(self) -> None:
+        """See ``Producer._drop_client``: the lanes' batches go back (not sent); the
+        client is stopped in the background, which reports (or cancels) what it held."""
+        producer, self._producer = self._producer, None
+        for task in self._lane_tasks.values():
+            task.cancel()
+        for _, messages, on_done in self.withdraw():
+            on_done(0, messages, CLOSED, False)
+        self._lanes.clear()
+        self._lane_tasks.clear()
+        if producer is not None:
+            task = asyncio.get_running_loop().create_task(
+                _stop_quietly(producer, self.guard), name="kafka-log-replace"
+            )
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
 
     async def _shutdown(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
         deadline = loop.time() + max(timeout, 0.01)
         # Let the lanes hand over what they hold; polling briefly at shutdown is simplest.
         while self._lanes and self._producer is not None and loop.time() < deadline:  # noqa: ASYNC110
@@ -261,6 +292,50 @@ class AiokafkaProducer(Producer):
         if producer is not None:
             with _log.our_client():
                 await _stop_quietly(producer, max(deadline - loop.time(), 0.01))
+
+
+class _Delivery:
+    """One batch's report to the publisher, once: from aiokafka's future, or, if that
+    has not come within the producer's ``guard``, as a failure that may have been
+    written (aiokafka #1101: an idempotent producer can wait forever for a broker that is
+    gone), after which the client is replaced. An idempotence error (out of sequence, a
+    fenced or unknown producer id) also needs a new client, and is retried on it."""
+
+    __slots__ = ("_on_done", "_owner", "_queued", "_sent", "_timer")
+
+    def __init__(
+        self, owner: AiokafkaProducer, sent: list[Message], on_done: OnDone, queued: Any
+    ) -> None:
+        self._owner = owner
+        self._sent = sent
+        self._on_done: OnDone | None = on_done
+        self._queued = queued
+        self._timer = asyncio.get_running_loop().call_later(owner.guard, self._expire)
+
+    def report(self, future: asyncio.Future[Any]) -> None:
+        on_done, self._on_done = self._on_done, None
+        if on_done is None:
+            return  # reported as expired already
+        self._timer.cancel()
+        queued = self._queued
+        resent = queued is not None and queued in self._owner._maybe_written
+        if future.cancelled():
+            on_done(0, self._sent, failure_of(asyncio.CancelledError(), resent), False)
+            return
+        error = future.exception()
+        if error is None:
+            on_done(len(self._sent), [], None, resent)
+        elif isinstance(error, _NEEDS_A_NEW_CLIENT):
+            on_done(0, self._sent, Failure(Verdict.RETRY, type(error).__name__, True), False)
+            self._owner.replace_client(type(error).__name__)
+        else:
+            on_done(0, self._sent, failure_of(error, resent), False)
+
+    def _expire(self) -> None:
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done(0, self._sent, Failure(Verdict.RETRY, "NoDeliveryReport", True), False)
+            self._owner.replace_client(f"no delivery report in {self._owner.guard:.0f} s")
 
 
 def _queued_batch(producer: Any, topic: str, partition: int, builder: Any) -> Any:

@@ -85,6 +85,8 @@ class ConfluentProducer(Producer):
         self._wake = asyncio.Event()
         self._client_errors: deque[Any] = deque(maxlen=8)
         """librdkafka's errors (``error_cb``), served by ``poll``."""
+        self._fatal: str | None = None
+        """The name of a fatal error librdkafka reported: the client must be replaced."""
         auth = config.sasl
         self._tokens = TokenSource(auth) if isinstance(auth, OAuthBearer) else None
         """OAUTHBEARER: fetched here, asynchronously; librdkafka's ``oauth_cb`` only reads it."""
@@ -94,7 +96,7 @@ class ConfluentProducer(Producer):
         if self._tokens is not None:
             await self._tokens.token()  # a TokenError is this attempt's refusal
         if self._producer is None:  # one client across attempts; it reconnects by itself
-            options = {**self._options, "error_cb": self._client_errors.append}
+            options = {**self._options, "error_cb": self._on_error}
             if self._tokens is not None:
                 options["oauth_cb"] = self._oauth_token
             self._producer = confluent_kafka.Producer(options, logger=_librdkafka_log)
@@ -110,6 +112,25 @@ class ConfluentProducer(Producer):
         self._poller = asyncio.get_running_loop().create_task(
             self._poll_forever(), name="kafka-log-poll"
         )
+
+    def _on_error(self, error: Any) -> None:
+        """librdkafka's ``error_cb`` (served by ``poll``): kept for the refusal's cause; a
+        fatal one (the idempotent producer's, say) means a new client."""
+        self._client_errors.append(error)
+        if error.fatal():
+            self._fatal = error.name()
+
+    def _drop_client(self) -> None:
+        """See ``Producer._drop_client``: purge the client (its reports say so: queued
+        ones not sent, in-flight ones perhaps written) and let go of it."""
+        producer, self._producer = self._producer, None
+        self._fatal = None
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+        if producer is not None:
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+            producer.poll(0)
 
     def _oauth_token(self, _settings: str) -> tuple[str, float]:
         assert self._tokens is not None
@@ -139,6 +160,9 @@ class ConfluentProducer(Producer):
             ):
                 await self._refresh_token()
             producer.poll(0)
+            if self._fatal is not None:
+                self.replace_client(f"librdkafka: {self._fatal}")  # cancels this task
+                return
             if self._in_flight:
                 await asyncio.sleep(_POLL_INTERVAL)
                 continue

@@ -27,6 +27,8 @@ Message = tuple[bytes | None, bytes]
 
 SLICE_SECONDS = 0.0005
 """Longest background work runs before it yields to the event loop (requests go first)."""
+GUARD_MARGIN = 5.0
+"""Seconds a client's wait may exceed its own timeouts before it is called stuck."""
 _RECONNECT_MAX = 5.0
 _MAX_CAUSE = 300
 """Longest client message quoted in a warning."""
@@ -99,12 +101,15 @@ class Producer:
 
     def __init__(self, config: KafkaLogConfig) -> None:
         self.key = config.producer_key()
+        self.replaced = 0
+        """Clients replaced because they were stuck (see ``replace_client``)."""
         self.refs = 0
         self.closed = False
         self._servers = ",".join(config.bootstrap_servers)
         self._first_server = config.bootstrap_servers[0]
         self._tls = config.tls
         self._timeout = config.timeout / 1000
+        self._ack_timeout = config.producer_request_timeout / 1000
         self._backoff = max(config.producer_request_retries_backoff_timeout, 50) / 1000
         self._ready = asyncio.Event()
         self._connector: asyncio.Task[None] | None = None
@@ -170,6 +175,35 @@ class Producer:
             self.refused = None
             self._ready.set()
             return
+
+    @property
+    def guard(self) -> float:
+        """Seconds any one wait on the client may take before we call it stuck: twice its
+        own ``timeout`` and the produce request's, and a margin (aiokafka #1101, #759:
+        some of its waits have no end of their own)."""
+        return 2 * self._timeout + self._ack_timeout + GUARD_MARGIN
+
+    def replace_client(self, why: str) -> None:
+        """The client is stuck (a wait past ``guard``) or in a fatal state (idempotence
+        out of sequence, a fatal librdkafka error): connect a new one. The backend has
+        reported, or reports, what the old one held (``_drop_client``)."""
+        if self.closed or not self.ready:
+            return
+        self.replaced += 1
+        self._ready.clear()
+        _log.warn(
+            "replace",
+            "kafka_log_middleware: the Kafka client for %s is stuck (%s); replacing it",
+            self._servers,
+            why,
+        )
+        self._drop_client()
+        self._connector = None
+        self.connect()
+
+    def _drop_client(self) -> None:
+        """Let go of the current client (closing it in the background); report what it
+        held that was not reported yet as not delivered."""
 
     async def _open(self) -> None:
         """Connect once; raise when the cluster cannot be reached."""

@@ -49,7 +49,7 @@ async def test_killing_the_partition_leader_under_load_loses_no_entry(
     bootstrap = kafka_cluster.bootstrap_servers
     await create_topic(bootstrap, topic, replication_factor=3, configs={"min.insync.replicas": "2"})
     settings = KafkaLogConfig(
-        bootstrap_servers=bootstrap,
+        bootstrap_servers=tuple(bootstrap.split(",")),
         topic=topic,
         producer_backend=backend,  # type: ignore[arg-type]
         delivery="at_least_once",

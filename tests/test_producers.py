@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from starlette.applications import Starlette
@@ -194,3 +194,165 @@ async def test_confluent_producer_closes_without_leftovers(kafka_bootstrap: str)
         assert poller is not None and not poller.done()
     assert producer.closed and poller.done() and producer._producer is None
     assert asyncio.all_tasks() == tasks_before
+
+
+# -- guards against stuck clients ------------------------------------------------------
+
+
+class _Batch:
+    """aiokafka's batch builder, as much of it as the backend uses."""
+
+    def append(self, key: bytes | None, value: bytes, timestamp: None) -> object:
+        return object()
+
+    def close(self) -> None:
+        pass
+
+
+class StuckClient:
+    """An ``AIOKafkaProducer`` stand-in that takes batches and never reports them unless a
+    test settles their futures (as aiokafka #1101's idempotent producer with its broker
+    gone)."""
+
+    made: ClassVar[list[StuckClient]] = []
+
+    def __init__(self, **options: Any) -> None:
+        self._sender = type("Sender", (), {})()
+        self.client = type("Client", (), {})()
+        self.client.cluster = type("Cluster", (), {"available_partitions_for_topic": _one})()
+        self.futures: list[asyncio.Future[Any]] = []
+        self.stopped = False
+        StuckClient.made.append(self)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> _Batch:
+        return _Batch()
+
+    async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self.futures.append(future)
+        return future
+
+
+def _one(_cluster: Any, _topic: str) -> set[int]:
+    return {0}
+
+
+@pytest.fixture
+def stuck_clients(monkeypatch: pytest.MonkeyPatch) -> list[StuckClient]:
+    """aiokafka replaced by ``StuckClient``; a guard of ~0.1 s past the client's timeouts."""
+    from kafka_log_middleware import aiokafka_backend, producers
+
+    StuckClient.made = []
+    monkeypatch.setattr(aiokafka_backend, "AIOKafkaProducer", StuckClient)
+    monkeypatch.setattr(producers, "GUARD_MARGIN", 0.1)
+    return StuckClient.made
+
+
+def guarded_config() -> KafkaLogConfig:
+    return KafkaLogConfig(
+        bootstrap_servers=("127.0.0.1:9",),
+        topic="t",
+        timeout=10,
+        producer_request_timeout=1,
+        delivery="at_least_once",
+    )
+
+
+class Reports:
+    """A delivery report that remembers every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, Any]] = []
+
+    def __call__(self, delivered: int, failed: list[Any], failure: Any, resent: bool) -> None:
+        self.calls.append((delivered, len(failed), failure))
+
+
+async def test_a_batch_never_reported_fails_after_the_guard_and_the_client_is_replaced(
+    stuck_clients: list[StuckClient],
+) -> None:
+    producer = AiokafkaProducer(guarded_config())
+    assert await producer.wait_ready(1.0)
+    reports = Reports()
+    await producer.send("t", [(None, b"one"), (None, b"two")], reports)
+    await eventually(lambda: reports.calls != [], timeout=5)
+    [(delivered, failed, failure)] = reports.calls
+    assert (delivered, failed, failure.verdict.value, failure.maybe_written) == (
+        0,
+        2,
+        "retry",
+        True,
+    )
+    assert failure.cause == "NoDeliveryReport"
+    await eventually(lambda: producer.ready and len(stuck_clients) == 2, timeout=5)
+    assert producer.replaced == 1
+    await eventually(lambda: stuck_clients[0].stopped, timeout=5)
+    stuck_clients[0].futures[0].set_result(None)  # the old client's late report is ignored
+    await asyncio.sleep(0)
+    assert len(reports.calls) == 1
+    second = Reports()
+    await producer.send("t", [(None, b"three")], second)  # on the new client
+    await eventually(lambda: len(stuck_clients[1].futures) == 1, timeout=5)
+    stuck_clients[1].futures[0].set_result(None)
+    await eventually(lambda: second.calls == [(1, 0, None)], timeout=5)
+    await producer.close(1.0)
+
+
+async def test_an_out_of_sequence_idempotent_client_is_replaced_and_its_batch_retried(
+    stuck_clients: list[StuckClient],
+) -> None:
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    producer = AiokafkaProducer(guarded_config())
+    assert await producer.wait_ready(1.0)
+    reports = Reports()
+    await producer.send("t", [(None, b"one")], reports)
+    await eventually(lambda: len(stuck_clients[0].futures) == 1, timeout=5)
+    stuck_clients[0].futures[0].set_exception(OutOfOrderSequenceNumber())
+    await eventually(lambda: reports.calls != [], timeout=5)
+    [(_, failed, failure)] = reports.calls
+    assert (failed, failure.verdict.value, failure.cause) == (
+        1,
+        "retry",
+        "OutOfOrderSequenceNumber",
+    )
+    await eventually(lambda: producer.ready and producer.replaced == 1, timeout=5)
+    await producer.close(1.0)
+
+
+@pytest.mark.kafka
+async def test_a_fatal_librdkafka_error_replaces_the_client(kafka_bootstrap: str) -> None:
+    import confluent_kafka
+
+    from kafka_log_middleware.confluent import ConfluentProducer
+
+    topic = unique_topic("fatal")
+    producer = ConfluentProducer(
+        KafkaLogConfig(
+            bootstrap_servers=(kafka_bootstrap,),
+            topic=topic,
+            producer_backend="confluent",
+            delivery="at_least_once",
+        )
+    )
+    assert await producer.wait_ready(30)
+    first = producer._producer
+    producer._on_error(
+        confluent_kafka.KafkaError(confluent_kafka.KafkaError._FATAL, "injected", fatal=True)
+    )
+    await eventually(lambda: producer.replaced == 1 and producer.ready, timeout=30)
+    assert producer._producer is not first
+    reports = Reports()
+    await producer.send(topic, [(None, b"after")], reports)
+    await eventually(lambda: reports.calls == [(1, 0, None)], timeout=30)
+    await producer.close(5.0)
+    assert [r.value for r in await consume(kafka_bootstrap, topic, 1)] == [b"after"]
