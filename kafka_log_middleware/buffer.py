@@ -39,12 +39,15 @@ DROP_REASONS = (
     "too_large",
     "kafka_error",
     "security",
+    "spool_full",
+    "spool_corrupt",
     "shutdown",
 )
 """Why an entry can be dropped: the buffer bound was reached; building or encoding the
 entry failed; it exceeds the size limit even truncated (``max_entry_bytes``), or the
 broker's; Kafka rejected it or every delivery attempt failed; the cluster refused our
-authentication or TLS; shutdown came first."""
+authentication or TLS; the disk spool was full; it was written to the spool and then
+could not be read back (a damaged file); shutdown came first."""
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:
@@ -69,8 +72,12 @@ class LogBuffer:
         "full",
         "limit",
         "owed",
+        "recovered",
+        "replayed",
         "retried",
         "settled",
+        "spool_corrupt",
+        "spooled",
         "truncated",
         "uncertain",
     )
@@ -99,6 +106,16 @@ class LogBuffer:
         self.retried = 0
         """Entries sent again after an attempt that may have reached Kafka (so they may be
         there twice); informational, not a final state."""
+        self.spooled = 0
+        """Entries of ours in the disk spool: pending, but not held in memory (so outside
+        the bound on entries)."""
+        self.replayed = 0
+        """Entries delivered from the spool (ours and those recovered); informational."""
+        self.recovered = 0
+        """Entries a dead process left in the spool, delivered by us: counted enqueued
+        (and delivered) when Kafka acknowledges them."""
+        self.spool_corrupt = 0
+        """Damaged regions of spool files skipped when reading; informational."""
         self.truncated = 0
         """Entries cut to fit the size limit (``max_entry_bytes``); informational: they
         are delivered or dropped like any other."""
@@ -110,13 +127,13 @@ class LogBuffer:
     @property
     def pending(self) -> int:
         """Entries neither delivered, dropped nor uncertain yet."""
-        return self.enqueued - self.full - self.settled
+        return self.enqueued + self.recovered - self.full - self.settled
 
     def put(self, item: CapturedRequest) -> None:
         """Append one entry from the publisher's own loop (the ASGI request path's only
         call); drops it when the bound is reached."""
         self.enqueued += 1
-        if self.enqueued - self.full - self.settled > self.limit:
+        if self.enqueued - self.full - self.settled - self.spooled > self.limit:
             if not self.evict_oldest or self.owed >= self.limit:
                 self._refuse()
                 return
@@ -138,7 +155,7 @@ class LogBuffer:
             self.enqueued += 1
             owing = refused = False
             waiter = None
-            if self.enqueued - self.full - self.settled > self.limit:
+            if self.enqueued - self.full - self.settled - self.spooled > self.limit:
                 if not self.evict_oldest or self.owed >= self.limit:
                     self.full += 1
                     refused = True
@@ -266,11 +283,12 @@ class LogBuffer:
         # buffered, and leaves the buffer before it settles), and derive the totals from
         # the values read, so that the invariant (and buffered <= pending) holds in every
         # snapshot.
-        delivered, uncertain = self.delivered, self.uncertain
+        delivered, uncertain, recovered = self.delivered, self.uncertain, self.recovered
         drops = dict(self.drops)
         drops["buffer_full"] += self.full
         buffered = len(self._items)
-        enqueued = self.enqueued
+        spooled = self.spooled
+        enqueued = self.enqueued + recovered
         dropped = sum(drops.values())
         stats = {
             "enqueued": enqueued,
@@ -279,6 +297,10 @@ class LogBuffer:
             "uncertain": uncertain,
             "pending": enqueued - delivered - dropped - uncertain,
             "buffered": buffered,
+            "spooled": spooled,
+            "replayed": self.replayed,
+            "recovered": recovered,
+            "spool_corrupt": self.spool_corrupt,
             "retried": self.retried,
             "truncated": self.truncated,
         }

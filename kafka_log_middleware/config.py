@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 LogFormat = Literal["kong2", "kong3"]
 Backend = Literal["aiokafka", "confluent"]
 Delivery = Literal["at_most_once", "at_least_once"]
-Overflow = Literal["drop_newest", "drop_oldest"]
+Overflow = Literal["drop_newest", "drop_oldest", "spool"]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 Hook = Callable[["CapturedRequest"], Any]
 """A user function of the captured request; runs in the background, never in the request."""
@@ -61,7 +61,8 @@ _ACKS = (-1, 0, 1)
 _FORMATS = ("kong2", "kong3")
 _BACKENDS = ("aiokafka", "confluent")
 _DELIVERIES = ("at_most_once", "at_least_once")
-_OVERFLOWS = ("drop_newest", "drop_oldest")
+_OVERFLOWS = ("drop_newest", "drop_oldest", "spool")
+_MIN_SPOOL_BYTES = 4096
 _COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 _CLIENT_ID_MAX = 32767
 """Bytes of UTF-8 in a Kafka request header's client id (an int16-length string)."""
@@ -110,6 +111,9 @@ class KafkaLogFields(TypedDict, total=False):
     producer_async_buffering_limits_messages_in_memory: int
     buffer_max_bytes: int
     overflow: Overflow
+    spool_dir: str | os.PathLike[str] | None
+    spool_max_bytes: int
+    spool_sync_interval: int
     delivery: Delivery
     enable_idempotence: bool | None
     compression_type: Compression
@@ -176,7 +180,17 @@ class KafkaLogConfig:
     retry, or for Kafka's acknowledgement); beyond it, ``overflow`` says which go."""
     overflow: Overflow = "drop_newest"
     """Past a bound: ``"drop_newest"`` refuses the new entry (Kong's behaviour),
-    ``"drop_oldest"`` makes room by dropping the oldest not handed to Kafka yet."""
+    ``"drop_oldest"`` makes room by dropping the oldest not handed to Kafka yet,
+    ``"spool"`` writes entries to the disk spool in ``spool_dir`` (``at_least_once``)."""
+    spool_dir: str | None = None
+    """The disk spool's directory (``overflow="spool"``), shared by a host's workers:
+    each writes files of its own, and replays those a dead process left."""
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    """Most bytes of entries one process keeps in the spool; past it the newest are
+    dropped (``spool_full``)."""
+    spool_sync_interval: int = 1000
+    """How often entries written to the spool are synced to disk, ms: what a crash of
+    the machine may lose (a crash of the process loses what waits to be written)."""
     delivery: Delivery = "at_most_once"
     """``"at_most_once"`` (Kong's) or ``"at_least_once"``: acks from all in-sync
     replicas, the idempotent producer, and retries until delivered (see the README)."""
@@ -285,6 +299,7 @@ class KafkaLogConfig:
                 "enable_idempotence=True needs producer_request_acks=-1 (Kafka's idempotent "
                 "producer requires acknowledgements from all in-sync replicas)",
             )
+        self._check_spool()
         codec = self.compression_type
         if (
             codec in ("snappy", "lz4", "zstd")
@@ -295,6 +310,25 @@ class KafkaLogConfig:
                 "compression_type",
                 f"compression_type={codec!r} needs cramjam with the aiokafka backend: "
                 "pip install 'kafka-log-middleware[compression]'",
+            )
+
+    def _check_spool(self) -> None:
+        """The spool goes with ``overflow="spool"`` and ``delivery="at_least_once"``."""
+        if self.overflow == "spool" and self.spool_dir is None:
+            raise InvalidConfig(
+                "spool_dir", "overflow='spool' needs spool_dir (a directory for the spool)"
+            )
+        if self.spool_dir is not None and self.overflow != "spool":
+            raise InvalidConfig(
+                "overflow",
+                f"spool_dir is set but overflow={self.overflow!r}: give overflow='spool' to "
+                "use the spool",
+            )
+        if self.spool_dir is not None and self.delivery != "at_least_once":
+            raise InvalidConfig(
+                "delivery",
+                "overflow='spool' needs delivery='at_least_once' (the spool keeps entries "
+                "until Kafka acknowledges them)",
             )
 
     @property
@@ -480,6 +514,8 @@ _INT_FIELDS = frozenset(
         "producer_async_flush_timeout",
         "producer_async_buffering_limits_messages_in_memory",
         "buffer_max_bytes",
+        "spool_max_bytes",
+        "spool_sync_interval",
         "shutdown_timeout",
     }
 )
@@ -509,7 +545,7 @@ def _parse_env(name: str, raw: str) -> Any:
         return tuple(h.strip() for h in raw.split(",") if h.strip())
     if name in _JSON_EXAMPLES:
         return _parse_object(raw, name)
-    if name in ("key_query_arg", "request_id_header", "workspace"):
+    if name in ("key_query_arg", "request_id_header", "workspace", "spool_dir"):
         return raw.strip() or None
     return raw.strip()
 
@@ -575,7 +611,10 @@ def _warn_unused_env(prefix: str, env: Mapping[str, str]) -> None:
 def _closest(name: str, fields: list[str]) -> str | None:
     """The field ``name`` most likely misspells: whole words it shares, else difflib's."""
     # "format" for log_format, "acks" for producer_request_acks: a field's first or last words.
-    words = [f for f in fields if f.endswith("_" + name) or f.startswith(name + "_")]
+    # Not for names under four letters: KAFKA_LOG_DIR is Kafka's own log.dir, no spool_dir.
+    words = [
+        f for f in fields if len(name) > 3 and (f.endswith("_" + name) or f.startswith(name + "_"))
+    ]
     matches = difflib.get_close_matches(name, words or fields, n=1, cutoff=0 if words else 0.75)
     return matches[0] if matches else None
 
@@ -821,6 +860,22 @@ def _security_check(check: Callable[[str, Any], Any]) -> Check:
     return checked
 
 
+def _spool_dir(name: str, value: Any) -> str:
+    """An absolute path of a directory we may write, or may create (nothing is created
+    here: each process makes it when it first spools)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    path = os.path.abspath(_text(name, value, empty=False))
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing == path and not os.path.isdir(path):
+        raise InvalidConfig(name, f"{name} {path!r} exists and is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidConfig(name, f"{name} {path!r}: {existing!r} is not writable by this process")
+    return path
+
+
 def _kind(value: Any) -> str:
     """How a refused value is shown: by its type, which never leaks a secret."""
     return type(value).__name__
@@ -844,6 +899,9 @@ _CHECKS: dict[str, Check] = {
     "producer_async_buffering_limits_messages_in_memory": _int_in(1),
     "buffer_max_bytes": _int_in(1024),
     "overflow": _choice(*_OVERFLOWS),
+    "spool_dir": _optional(_spool_dir),
+    "spool_max_bytes": _int_in(_MIN_SPOOL_BYTES, 2**62),
+    "spool_sync_interval": _int_in(1),
     "delivery": _choice(*_DELIVERIES),
     "enable_idempotence": _optional(_bool),
     "compression_type": _choice(*_COMPRESSIONS),

@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import confluent_kafka
 
 from . import _log
+from .blocking import in_a_thread
 from .config import INT32_MAX, KafkaLogConfig
 from .oauth import TokenError, TokenSource
 from .producers import Failure, Message, OnDone, Producer, Verdict
@@ -105,7 +104,7 @@ class ConfluentProducer(Producer):
             self._producer.poll(0)  # serves oauth_cb: the token before the first request
         # Metadata proves the cluster answers; it blocks, so it runs off the loop.
         try:
-            await _in_a_thread(self._producer.list_topics, None, max(self._backoff, 1.0))
+            await in_a_thread(self._producer.list_topics, None, max(self._backoff, 1.0))
         except Exception:
             self._producer.poll(0)  # serves error_cb: why the connection failed
             raise
@@ -227,35 +226,6 @@ class ConfluentProducer(Producer):
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
-
-
-def _in_a_thread(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-    """``call(*args)`` on a thread of its own (``asyncio.to_thread`` refuses to run at
-    interpreter exit, where the exit flush may need it); where no thread may start any
-    more (Python >= 3.12 at exit), in the loop's own thread: nothing else runs then."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if not future.done():
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
-
-    def run() -> None:
-        try:
-            result, error = call(*args), None
-        except BaseException as exc:
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(settle, result, error)
-
-    try:
-        threading.Thread(target=run, name="kafka-log-metadata", daemon=True).start()
-    except RuntimeError:  # "can't create new thread at interpreter shutdown"
-        run()
-    return future
 
 
 class _BatchReport:

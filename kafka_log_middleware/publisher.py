@@ -41,6 +41,7 @@ from .producers import (
     Verdict,
 )
 from .serializer import encode_entry, message_key
+from .spooling import Replay, Spooling
 
 Resolver = Callable[[CapturedRequest], KafkaLogConfig | None]
 """Per-request config choice (e.g. a topic per route); None keeps the request's config."""
@@ -158,6 +159,8 @@ class Publisher:
         self._retries: deque[_Retry] = deque()
         self._held = 0
         """Bytes of the encoded entries held: in outboxes, retries or in flight."""
+        self._spooling: Spooling | None = None
+        """The disk spool, once a config in force has ``overflow="spool"``."""
         self._stopping = False
         self._accounting_closed = False
         self._task: asyncio.Task[None] | None = None
@@ -168,6 +171,7 @@ class Publisher:
         """Start the background task and begin connecting the current config's producer."""
         if self._task is None:
             self._use(self._config())
+            self._spooling_for(self._config())
             self._task = self.loop.create_task(self._run(), name="kafka-log-publisher")
 
     def producers(self) -> list[Producer]:
@@ -210,6 +214,8 @@ class Publisher:
         for use in self._uses.values():
             for _, messages, on_done in use.producer.withdraw():
                 on_done(0, messages, CLOSED, False)  # never sent: counted dropped below
+        if self._spooling is not None:
+            self._spill_all(self._spooling)
         self._accounting_closed = True
         maybe_written = self._in_flight() + sum(
             len(retry.messages) for retry in self._retries if retry.maybe_written
@@ -220,8 +226,27 @@ class Publisher:
         self._held = 0
         if maybe_written:
             self.buffer.give_up_uncertain(maybe_written)
-        if self.buffer.pending:
-            self.buffer.drop("shutdown", self.buffer.pending)
+        left = self.buffer.pending - self.buffer.spooled  # those on disk stay pending there
+        if left:
+            self.buffer.drop("shutdown", left)
+
+    def _spill_all(self, spooling: Spooling) -> None:
+        """At shutdown: what is pending in memory and not with a client goes to the spool
+        (the captured requests encoded first), which is then synced and let go of."""
+        for request in self.buffer.drain_all():
+            encoded = self._encode(request)
+            if encoded is not None:
+                spooling.add(encoded[0].topic, [encoded[1]])
+        for box in self._outboxes.values():
+            if box.messages:
+                self._spill(box, box.messages)
+                box.messages = []
+        for retry in self._retries:
+            if retry.maybe_written:
+                self.buffer.count_retried(len(retry.messages))
+            self._spill(retry.box, retry.messages)
+        self._retries.clear()
+        spooling.close()
 
     def take_over(self, old: Publisher) -> None:
         """Send from this loop what ``old``, whose event loop is gone, had not sent yet.
@@ -249,6 +274,8 @@ class Publisher:
             self._retries.append(
                 _Retry(box, retry.messages, retry.attempt, 0.0, retry.maybe_written)
             )
+        if old._spooling is not None:  # the same process: its spool and locks are ours
+            self._spooling, old._spooling = old._spooling, None
         self._held += sum(_size(retry.messages) for retry in self._retries)
         in_flight = old._in_flight()
         old._outboxes.clear()
@@ -271,7 +298,11 @@ class Publisher:
                 await self._encode_buffered()
             await self._send_due_retries()
             await self._flush_outboxes()
-            if self._stopping and not self.buffer and not self._waiting():
+            spooling = self._spooling
+            if spooling is not None:
+                await spooling.step(self._stopping)
+                await self._replay(spooling)
+            if self._stopping and not self.buffer and not self._waiting() and _spooled(spooling):
                 return
 
     def _waiting(self) -> list[_Use]:
@@ -287,8 +318,10 @@ class Publisher:
         """
         if self._stopping:
             unready = [use for use in self._waiting() if not use.producer.ready]
-            if unready and len(unready) == len(self._waiting()):
+            if unready and len(unready) == len(self._waiting()) and self._spooling is None:
                 await unready[0].producer.wait_ready(_READY_POLL)
+            elif self._spooling is not None and self._spooling.replaying is not None:
+                await asyncio.sleep(0.01)  # its report comes from the client
             return
         while not self._stopping:
             if self.buffer.owed:
@@ -296,7 +329,10 @@ class Publisher:
             config = self._config()
             self._sweep(config)
             now = time.monotonic()
-            timers = [self._release_in(config)]
+            spool_due = self._spool_due_in(config, now)
+            if spool_due is not None and spool_due <= 0:
+                return
+            timers = [self._release_in(config), spool_due]
             head = self.buffer.peek()
             if head is not None:
                 encode_in = min(self._encode_delay, head.config.producer_async_flush_timeout / 1000)
@@ -323,12 +359,75 @@ class Publisher:
             count = 1 if head is None else self._encode_at
             await self.buffer.wait(count, min(waits) if waits else None)
 
+    def _spool_due_in(self, config: KafkaLogConfig, now: float) -> float | None:
+        """Seconds until the spool has work (see ``Spooling.due_in``); None without one."""
+        spooling = self._spooling_for(config)
+        if spooling is None:
+            return None
+        return spooling.due_in(now, self._may_replay(self._use(config)))
+
+    def _spooling_for(self, config: KafkaLogConfig) -> Spooling | None:
+        """The spool, made when the config in force is the first to ask for one."""
+        if self._spooling is None and config.overflow == "spool":
+            self._spooling = Spooling(self.buffer, config)
+        return self._spooling
+
+    def _may_replay(self, use: _Use) -> bool:
+        """Spooled entries may go to ``use``'s producer: it is connected, and nothing of
+        its own (older) waits in memory."""
+        return (
+            use.producer.ready
+            and not any(retry.box.use is use for retry in self._retries)
+            and not any(box.use is use and box.messages for box in self._outboxes.values())
+        )
+
+    async def _replay(self, spooling: Spooling) -> None:
+        """Hand the spool's next batch to the current config's producer, when it may go."""
+        if self._stopping or not spooling.can_replay(time.monotonic()):
+            return
+        use = self._use(self._config())
+        if not self._may_replay(use):
+            return
+        batch = await spooling.read()
+        if batch is None:
+            return
+        report = Replay(spooling, batch)
+        topics: dict[str, list[Message]] = {}
+        for topic, message in batch.records:
+            topics.setdefault(topic, []).append(message)
+        use.last_used = time.monotonic()
+        for topic, messages in topics.items():
+            try:
+                await use.producer.send(topic, messages, report)
+            except Exception as exc:  # a backend failing outright: the batch goes again
+                report(0, messages, Failure(Verdict.RETRY, type(exc).__name__), False)
+
+    def _to_disk(self, box: _Outbox) -> bool:
+        """Whether ``box``'s new entries go to the spool rather than to memory: entries
+        are there already (order), or its producer's entries wait for a retry."""
+        spooling = self._spooling
+        return (
+            spooling is not None
+            and box.config.overflow == "spool"
+            and (spooling.active or any(retry.box.use is box.use for retry in self._retries))
+        )
+
+    def _spill(self, box: _Outbox, messages: list[Message]) -> None:
+        """Move ``messages`` (held in memory) to the spool."""
+        assert self._spooling is not None
+        self._held -= _size(messages)
+        self._spooling.add(box.config.topic, messages)
+
     def _due_in(self, box: _Outbox, now: float) -> float | None:
         """Seconds until ``box`` is to be handed over (<= 0: now); None when empty."""
         if not box.messages:
             return None
         if not box.use.producer.ready:
-            return 0.0 if self._drops_refused(box) else _READY_POLL
+            if self._drops_refused(box):
+                return 0.0
+            if self._spooling is not None and box.config.overflow == "spool":
+                return box.since + box.config.spool_sync_interval / 1000 - now  # see flush
+            return _READY_POLL
         config = box.config
         batch = config.producer_request_limits_messages_per_request
         if not config.producer_async or len(box.messages) >= batch:
@@ -345,6 +444,7 @@ class Publisher:
         left = len(self.buffer)  # not those arriving meanwhile: outboxes get their turn
         last_config: KafkaLogConfig | None = None
         box: _Outbox | None = None
+        to_disk = False
         clock = time.perf_counter
         slice_end = clock() + SLICE_SECONDS
         bound = self._config().buffer_max_bytes
@@ -355,12 +455,19 @@ class Publisher:
                 if encoded is None:
                     continue
                 config, message = encoded
-                size = len(message[1]) + (0 if message[0] is None else len(message[0]))
-                if self._held + size > bound and not self._made_room(size, bound, config):
-                    continue
-                self._held += size
                 if config is not last_config or box is None:  # mostly one config: look up once
                     last_config, box = config, self._outbox(config)
+                    to_disk = self._to_disk(box)
+                size = len(message[1]) + (0 if message[0] is None else len(message[0]))
+                if self._held + size > bound:
+                    to_disk = to_disk or (self._spooling is not None and config.overflow == "spool")
+                    if not to_disk and not self._made_room(size, bound, config):
+                        continue
+                if to_disk:
+                    assert self._spooling is not None
+                    self._spooling.add(config.topic, [message])
+                    continue
+                self._held += size
                 if not box.messages:
                     box.since = now
                 box.messages.append(message)
@@ -436,6 +543,15 @@ class Publisher:
             elif self._drops_refused(box):
                 messages, box.messages = box.messages, []
                 self._refused(messages, False)
+            elif (
+                self._spooling is not None
+                and box.config.overflow == "spool"
+                and (self._stopping or now - box.since >= box.config.spool_sync_interval / 1000)
+            ):
+                # Waiting for a connection: on disk after a sync interval (or at shutdown),
+                # so that a crash loses no more than that.
+                messages, box.messages = box.messages, []
+                self._spill(box, messages)
 
     def _encode(self, request: CapturedRequest) -> tuple[KafkaLogConfig, Message] | None:
         try:
@@ -550,6 +666,10 @@ class Publisher:
             return
         config = box.config
         attempts = config.producer_request_retries_max_attempts
+        if verdict is Verdict.RETRY and self._spooling is not None and config.overflow == "spool":
+            self._spill(box, messages)  # replayed in order, once Kafka takes entries again
+            self._requeued(newly_uncertain)
+            return
         if (
             verdict is Verdict.RETRY
             and (attempt < attempts or _at_least_once(config))
@@ -655,6 +775,11 @@ class Publisher:
                 continue
             del self._uses[key]
             self._cache.release(use.producer, config.shutdown_timeout / 1000)
+
+
+def _spooled(spooling: Spooling | None) -> bool:
+    """Nothing waits to be written to the spool, nor is being replayed from it."""
+    return spooling is None or (not spooling.waiting and spooling.replaying is None)
 
 
 def _delivery(config: KafkaLogConfig) -> tuple[Any, ...]:

@@ -128,6 +128,10 @@ def test_every_counter_and_stats_keys() -> None:
         "uncertain": 2,
         "pending": 1,
         "buffered": 1,
+        "spooled": 0,
+        "replayed": 0,
+        "recovered": 0,
+        "spool_corrupt": 0,
         "retried": 4,
         "truncated": 1,
         "dropped_buffer_full": 0,
@@ -135,6 +139,8 @@ def test_every_counter_and_stats_keys() -> None:
         "dropped_too_large": 1,
         "dropped_kafka_error": 1,
         "dropped_security": 1,
+        "dropped_spool_full": 0,
+        "dropped_spool_corrupt": 0,
         "dropped_shutdown": 1,
     }
     assert not invariant_problems(buffer.stats())
@@ -196,6 +202,10 @@ def test_a_fresh_buffer_counts_nothing() -> None:
         "uncertain",
         "pending",
         "buffered",
+        "spooled",
+        "replayed",
+        "recovered",
+        "spool_corrupt",
         "retried",
         "truncated",
         *(f"dropped_{reason}" for reason in DROP_REASONS),
@@ -206,6 +216,8 @@ def test_a_fresh_buffer_counts_nothing() -> None:
         "too_large",
         "kafka_error",
         "security",
+        "spool_full",
+        "spool_corrupt",
         "shutdown",
     }
 

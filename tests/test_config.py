@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import inspect
 import logging
+import os
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -1161,3 +1162,67 @@ def test_delivery_settings_shape_the_producer() -> None:
     # The same client either way: how entries are retried is the publisher's business.
     idempotent = make(enable_idempotence=True, producer_request_acks=-1)
     assert make(delivery="at_least_once").producer_key() == idempotent.producer_key()
+
+
+# -- the disk spool --------------------------------------------------------------------
+
+
+def test_the_spool_goes_with_overflow_spool_and_at_least_once(tmp_path: Any) -> None:
+    spooled = make(delivery="at_least_once", overflow="spool", spool_dir=tmp_path / "new")
+    assert spooled.spool_dir == str(tmp_path / "new")  # absolute; made by each process later
+    assert not (tmp_path / "new").exists()
+    assert (spooled.spool_max_bytes, spooled.spool_sync_interval) == (1024**3, 1000)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"delivery": "at_least_once", "overflow": "spool"}, "spool_dir", "needs spool_dir"),
+        ({"delivery": "at_least_once", "spool_dir": "SPOOL"}, "overflow", "overflow='spool'"),
+        ({"overflow": "spool", "spool_dir": "SPOOL"}, "delivery", "at_least_once"),
+        ({"spool_dir": ""}, "spool_dir", "must not be empty"),
+        ({"spool_max_bytes": 100}, "spool_max_bytes", "from 4096"),
+        ({"spool_sync_interval": 0}, "spool_sync_interval", "from 1"),
+    ],
+)
+def test_spool_refusals_name_the_field(
+    tmp_path: Any, changes: dict[str, Any], field: str, words: str
+) -> None:
+    if changes.get("spool_dir") == "SPOOL":
+        changes["spool_dir"] = str(tmp_path)
+    with pytest.raises(InvalidConfig) as refused:
+        make(**changes)
+    assert refused.value.field == field
+    assert words in str(refused.value)
+
+
+def test_a_spool_dir_that_cannot_be_written_is_refused(tmp_path: Any) -> None:
+    plain_file = tmp_path / "file"
+    plain_file.write_text("")
+    spool = {"delivery": "at_least_once", "overflow": "spool"}
+    with pytest.raises(InvalidConfig, match="is not a directory"):
+        make(**spool, spool_dir=str(plain_file))
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):  # root writes anywhere
+        pytest.skip("this user may write a read-only directory")
+    with pytest.raises(InvalidConfig, match="not writable"):
+        make(**spool, spool_dir=str(locked / "spool"))
+
+
+def test_spool_fields_from_env(tmp_path: Any) -> None:
+    env = {
+        "KAFKA_LOG_BOOTSTRAP_SERVERS": "k:9092",
+        "KAFKA_LOG_TOPIC": "t",
+        "KAFKA_LOG_DELIVERY": "at_least_once",
+        "KAFKA_LOG_OVERFLOW": "spool",
+        "KAFKA_LOG_SPOOL_DIR": str(tmp_path),
+        "KAFKA_LOG_SPOOL_MAX_BYTES": "1048576",
+        "KAFKA_LOG_SPOOL_SYNC_INTERVAL": "250",
+    }
+    config = KafkaLogConfig.from_env(environ=env)
+    assert (config.spool_dir, config.spool_max_bytes, config.spool_sync_interval) == (
+        str(tmp_path),
+        1048576,
+        250,
+    )

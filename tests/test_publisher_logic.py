@@ -24,6 +24,7 @@ from kafka_log_middleware.producers import Verdict
 from kafka_log_middleware.publisher import Publisher, Resolver
 from kafka_log_middleware.serializer import encode_entry
 from tests.scripted import (
+    CLOSE_TIMEOUT,
     DELIVER,
     RETRY,
     RETRY_MAYBE_WRITTEN,
@@ -1454,3 +1455,121 @@ async def test_at_least_once_holds_entries_for_a_refused_producer(scripted: Scri
         scripted.refusal = None
         await rig.settled()
         assert scripted.delivered_ids() == [0, 1, 2]
+
+
+# -- the disk spool (overflow="spool") ---------------------------------------------------
+
+
+def spooling(directory: Any, **changes: Any) -> KafkaLogConfig:
+    """At least once with the spool in ``directory``, synced every 20 ms."""
+    changes.setdefault("spool_sync_interval", 20)
+    return config(delivery="at_least_once", overflow="spool", spool_dir=str(directory), **changes)
+
+
+def spool_files(directory: Any) -> list[str]:
+    return sorted(path.name for path in directory.iterdir() if path.suffix == ".seg")
+
+
+async def test_entries_for_an_unconnected_producer_are_spooled_then_replayed_in_order(
+    scripted: Scripted, tmp_path: Any
+) -> None:
+    scripted.ready = False
+    async with Rig(scripted, spooling(tmp_path)) as rig:
+        rig.put(5)
+        await rig.until(lambda: rig.counts("spooled")["spooled"] == 5)
+        assert rig.publisher._held == 0  # not in memory: on disk (once synced)
+        await rig.until(lambda: spool_files(tmp_path) != [])
+        rig.put(3)  # behind them, on disk too (order)
+        await rig.until(lambda: rig.counts("spooled")["spooled"] == 8)
+        rig.producer.gate.set()
+        await rig.settled()
+        assert [i for h in rig.handovers() for i in h.ids] == list(range(8))
+        assert rig.counts("delivered", "replayed", "spooled", "dropped") == {
+            "delivered": 8,
+            "replayed": 8,
+            "spooled": 0,
+            "dropped": 0,
+        }
+        rig.put(2)  # the spool is empty again: straight to Kafka
+        await rig.settled()
+        assert rig.counts("replayed")["replayed"] == 8
+    assert spool_files(tmp_path) == []
+
+
+async def test_a_failed_batch_is_spooled_and_what_follows_keeps_its_place(
+    scripted: Scripted, tmp_path: Any
+) -> None:
+    scripted.respond = in_turn(RETRY, RETRY, then=DELIVER)
+    async with Rig(
+        scripted, spooling(tmp_path, producer_request_limits_messages_per_request=3)
+    ) as rig:
+        rig.put(3)
+        await rig.until(lambda: rig.counts("spooled")["spooled"] == 3)
+        rig.put(3)
+        await rig.settled()
+        delivered = [i for h in rig.handovers() if h.outcome == DELIVER for i in h.ids]
+        assert delivered == list(range(6))
+        assert rig.counts("delivered", "dropped", "replayed")["dropped"] == 0
+
+
+async def test_at_shutdown_with_kafka_down_entries_are_spooled_and_a_later_process_sends_them(
+    scripted: Scripted, tmp_path: Any
+) -> None:
+    scripted.ready = False
+    async with Rig(scripted, spooling(tmp_path, spool_sync_interval=60000)) as rig:
+        rig.put(4)
+        await rig.encoded()
+        await rig.close(CLOSE_TIMEOUT)
+        assert rig.counts("spooled", "pending", "dropped") == {
+            "spooled": 4,
+            "pending": 4,  # on disk: neither delivered nor lost
+            "dropped": 0,
+        }
+    scripted.ready = True
+    async with Rig(scripted, spooling(tmp_path)) as rig:  # as after a restart
+        await rig.until(lambda: rig.counts("recovered")["recovered"] == 4, timeout=20)
+        assert rig.counts("enqueued", "delivered", "recovered", "pending") == {
+            "enqueued": 4,
+            "delivered": 4,
+            "recovered": 4,
+            "pending": 0,
+        }
+    assert spool_files(tmp_path) == []
+
+
+async def test_a_full_spool_drops_the_newest_as_spool_full(
+    scripted: Scripted, tmp_path: Any
+) -> None:
+    scripted.ready = False
+    entry = _entry_bytes()
+    async with Rig(scripted, spooling(tmp_path, spool_max_bytes=4096)) as rig:
+        rig.put(20)
+        await rig.until(lambda: rig.counts("dropped_spool_full")["dropped_spool_full"] > 0)
+        stats = rig.counts("spooled", "dropped_spool_full")
+        assert stats["spooled"] + stats["dropped_spool_full"] == 20
+        assert stats["spooled"] <= 4096 // entry
+        rig.producer.gate.set()
+        await rig.settled()
+        assert scripted.delivered_ids() == list(range(stats["spooled"]))
+
+
+async def test_a_damaged_spool_file_is_skipped_counted_and_the_rest_replayed(
+    scripted: Scripted, tmp_path: Any
+) -> None:
+    scripted.ready = False
+    async with Rig(scripted, spooling(tmp_path)) as rig:
+        rig.put(5)
+        await rig.encoded()
+        await rig.until(lambda: rig.counts("spooled")["spooled"] == 5)
+        await rig.close(CLOSE_TIMEOUT)
+    [segment] = spool_files(tmp_path)
+    path = tmp_path / segment
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped bit in the third record
+    path.write_bytes(bytes(data))
+    scripted.ready = True
+    async with Rig(scripted, spooling(tmp_path)) as rig:
+        await rig.until(lambda: rig.counts("recovered")["recovered"] == 4, timeout=20)
+        assert rig.counts("spool_corrupt", "delivered")["spool_corrupt"] == 1
+    delivered = sorted(i for h in scripted.handovers() if h.reported for i in h.ids)
+    assert delivered == [0, 1, 3, 4]

@@ -1,0 +1,106 @@
+"""The disk spool against a real broker: what waits for a broker that is down goes to disk
+and arrives, in order, once it is up; what was spooled at shutdown is sent by the next
+process (here, the next middleware on the same directory)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
+from tests.asgi_driver import http_scope, lifespan, request
+from tests.kafka_helpers import BrokerFactory, consume, unique_topic
+from tests.polling import eventually
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
+
+
+async def ok(_request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+def middleware(bootstrap: str, topic: str, directory: Path, backend: str) -> KafkaLogMiddleware:
+    settings = KafkaLogConfig(
+        bootstrap_servers=(bootstrap,),
+        topic=topic,
+        producer_backend=backend,  # type: ignore[arg-type]
+        delivery="at_least_once",
+        overflow="spool",
+        spool_dir=str(directory),
+        spool_sync_interval=50,
+        producer_async_flush_timeout=20,
+        shutdown_timeout=1000,
+    )
+    return KafkaLogMiddleware(Starlette(routes=[Route("/orders", ok)]), settings)
+
+
+async def serve(app: KafkaLogMiddleware, numbers: range) -> None:
+    for n in numbers:
+        response = await request(app, http_scope("/orders", query=f"n={n}".encode()))
+        assert response.status == 200
+
+
+def entries(records: list[Any]) -> list[dict[str, Any]]:
+    """The entries read back, in their order in the partition."""
+    return [orjson.loads(record.value) for record in records if record.value is not None]
+
+
+def segments(directory: Path) -> list[str]:
+    """The spool's segment files in ``directory``."""
+    return sorted(path.name for path in directory.iterdir() if path.suffix == ".seg")
+
+
+def numbers(found: list[dict[str, Any]]) -> list[int]:
+    return [int(entry["request"]["querystring"]["n"]) for entry in found]
+
+
+async def test_entries_spooled_while_the_broker_is_down_arrive_in_order_once_it_is_up(
+    kafka_broker_factory: BrokerFactory, backend: str, tmp_path: Path
+) -> None:
+    broker = kafka_broker_factory()  # its port is known; nothing listens there yet
+    topic = unique_topic(f"spool-{backend}")
+    app = middleware(broker.bootstrap_servers, topic, tmp_path, backend)
+    async with lifespan(app):
+        await serve(app, range(100))
+        await eventually(lambda: app.stats()["spooled"] == 100, timeout=30)
+        assert segments(tmp_path)
+        await asyncio.to_thread(broker.start)
+        await serve(app, range(100, 120))  # behind the spooled ones
+        await eventually(lambda: app.stats()["delivered"] == 120, timeout=90)
+        stats = app.stats()
+    assert stats["dropped"] == stats["uncertain"] == stats["spooled"] == 0
+    assert stats["replayed"] >= 100
+    found = entries(await consume(broker.bootstrap_servers, topic, 120, settle=0.5))
+    assert numbers(found) == list(range(120))  # all of them, once each, in order
+    assert {entry["request"]["uri"] for entry in found[:2]} == {"/orders?n=0", "/orders?n=1"}
+
+
+async def test_what_one_process_spooled_at_shutdown_the_next_one_sends(
+    kafka_broker_factory: BrokerFactory, tmp_path: Path
+) -> None:
+    broker = kafka_broker_factory()
+    topic = unique_topic("spool-restart")
+    first = middleware(broker.bootstrap_servers, topic, tmp_path, "aiokafka")
+    async with lifespan(first):
+        await serve(first, range(50))
+    stopped = first.stats()
+    assert (stopped["spooled"], stopped["pending"], stopped["dropped"]) == (50, 50, 0)
+    await asyncio.to_thread(broker.start)
+    second = middleware(broker.bootstrap_servers, topic, tmp_path, "aiokafka")
+    async with lifespan(second):
+        await eventually(lambda: second.stats()["recovered"] == 50, timeout=60)
+        await serve(second, range(50, 60))
+        await eventually(lambda: second.stats()["delivered"] == 60, timeout=60)
+        stats = second.stats()
+    assert (stats["enqueued"], stats["recovered"], stats["dropped"]) == (60, 50, 0)
+    found = entries(await consume(broker.bootstrap_servers, topic, 60, settle=0.5))
+    assert numbers(found) == list(range(60))
+    assert segments(tmp_path) == []  # all sent: gone
