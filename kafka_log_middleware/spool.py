@@ -51,9 +51,9 @@ meanwhile finds, once it gets the lock, that the name no longer names its inode,
 leaves it. A segment file without a lock file (which only outside hands make) is taken
 over too, under a lock file created for it.
 
-What is lost when: appended records sit in a user-space buffer until a flush (``sync``,
-``read``, a segment roll, or 256 KiB of buffer), so a SIGKILL loses the records appended
-since the last flush; a power loss loses those appended since the last ``sync`` (or
+What is lost when: appended records sit in a user-space buffer until a flush (``flush``,
+``sync``, ``read``, a segment roll, or 256 KiB of buffer), so a SIGKILL loses the records
+appended since the last flush; a power loss loses those appended since the last ``sync`` (or
 segment roll, which syncs the segment it closes), and may leave a torn tail, which is
 skipped. Commits are not synced: after a power loss some committed records may be
 replayed again (duplicates, at-least-once). ``take_over`` orders dead owners by their
@@ -390,6 +390,12 @@ class Spool:
         if self._dirty_dir:
             os.fsync(self._dir_fd)  # new segments' names
             self._dirty_dir = False
+
+    def flush(self) -> None:
+        """Write what was appended to the file, without syncing it: a SIGKILL of this
+        process no longer loses it (a crash of the machine may, until ``sync``)."""
+        self._check_open()
+        self._flush()
 
     def _flush(self) -> None:
         """Write the buffer to our current segment (created on first use); no fsync."""

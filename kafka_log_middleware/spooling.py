@@ -262,6 +262,8 @@ def _do(spool: Spool, work: _Work) -> None:
         work.accepted = _write(spool, work.writes)
         if work.sync:
             spool.sync()
+        elif work.writes:
+            spool.flush()  # in the file: a SIGKILL of ours no longer loses them
     except SpoolWriteError as exc:
         work.accepted += exc.accepted
         work.uncertain = exc.uncertain

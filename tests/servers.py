@@ -75,7 +75,7 @@ def server_process(
     exit sends SIGTERM (a graceful stop) and waits for it to end."""
     process = subprocess.Popen(command, env={**os.environ, **(env or {})})
     try:
-        _wait_for_port(port, process)
+        wait_for_port(port, process)
         yield f"http://127.0.0.1:{port}", process
     finally:
         if process.poll() is None:
@@ -88,7 +88,7 @@ def server_process(
             raise
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:

@@ -5,9 +5,16 @@ process (here, the next middleware on the same directory)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from starlette.applications import Starlette
@@ -18,7 +25,10 @@ from starlette.routing import Route
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
 from tests.asgi_driver import http_scope, lifespan, request
 from tests.kafka_helpers import BrokerFactory, consume, unique_topic
-from tests.polling import eventually
+from tests.polling import eventually, wait_until
+from tests.servers import free_port, server_process, wait_for_port
+
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -104,3 +114,81 @@ async def test_what_one_process_spooled_at_shutdown_the_next_one_sends(
     found = entries(await consume(broker.bootstrap_servers, topic, 60, settle=0.5))
     assert numbers(found) == list(range(60))
     assert segments(tmp_path) == []  # all sent: gone
+
+
+def uvicorn_app(port: int) -> tuple[str, list[str]]:
+    """The base URL and command of ``tests/exit_app.py`` under uvicorn on ``port``."""
+    command = [
+        sys.executable, "-m", "uvicorn", "tests.exit_app:make_app", "--factory",
+        "--port", str(port), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    return f"http://127.0.0.1:{port}", command
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_an_app_stopped_mid_outage_under_load_has_its_spool_replayed_by_the_next_one(
+    kafka_broker_factory: BrokerFactory, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """Mid-outage and under load, the app is stopped; started again (a new pid) with the
+    broker back, it replays what the stopped one spooled. SIGTERM (a graceful stop)
+    loses nothing: what was pending is spooled at shutdown. SIGKILL loses at most the
+    entries of its last moments: not yet moved to disk (an outbox's spill after a sync
+    interval, the write in the next turn, the sync)."""
+    broker = kafka_broker_factory()
+    topic = unique_topic("spool-stop")
+    sync_interval = 0.1
+    env = {
+        "KAFKA_LOG_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "KAFKA_LOG_TOPIC": topic,
+        "KAFKA_LOG_DELIVERY": "at_least_once",
+        "KAFKA_LOG_OVERFLOW": "spool",
+        "KAFKA_LOG_SPOOL_DIR": str(tmp_path),
+        "KAFKA_LOG_SPOOL_SYNC_INTERVAL": str(int(sync_interval * 1000)),
+        "KAFKA_LOG_PRODUCER_ASYNC_FLUSH_TIMEOUT": "20",
+        "KAFKA_LOG_SHUTDOWN_TIMEOUT": "1000",
+    }
+    served: dict[int, float] = {}  # request number -> when its response came
+    port = free_port()
+    base, command = uvicorn_app(port)
+    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=REPO)
+
+    def load() -> None:
+        with httpx.Client(base_url=base) as client:
+            for n in range(100_000):
+                try:
+                    if client.get("/", params={"n": n}).status_code != 200:
+                        return
+                except httpx.HTTPError:
+                    return  # the server has stopped
+                served[n] = time.monotonic()
+
+    try:
+        wait_for_port(port, process)
+        loader = threading.Thread(target=load)
+        loader.start()
+        wait_until(lambda: len(served) >= 200, timeout=60)
+        process.send_signal(stop)  # the load goes on meanwhile
+        stopped_at = time.monotonic()
+        loader.join(30)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    window = stopped_at - (3 * sync_interval + 0.1)
+    last_moments = {n for n, at in served.items() if at >= window}
+    broker.start()
+    port = free_port()
+    base, command = uvicorn_app(port)
+    with server_process(command, port, env):  # a new process: takes the dead one's files over
+        least = len(served) - (len(last_moments) if stop == signal.SIGKILL else 0)
+        found = asyncio.run(consume(broker.bootstrap_servers, topic, least, timeout=60, settle=2))
+    got = numbers(entries(found))
+    assert len(got) == len(set(got))  # none twice
+    lost = set(served) - set(got)
+    print(f"{stop.name} mid-outage: {len(served)} served, {len(lost)} lost")
+    if stop == signal.SIGTERM:
+        assert lost == set()
+    else:
+        assert lost <= last_moments
+    assert got == sorted(got)  # in order
