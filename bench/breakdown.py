@@ -10,7 +10,10 @@ librdkafka's own threads count), until every entry is delivered:
    request path runs and nothing else (each entry is counted as dropped);
 4. ``publisher_native`` / ``publisher_python``: the whole background too (building and
    encoding the entry, the publisher), handed to a producer that acknowledges at once;
-5. ``aiokafka`` / ``confluent``: the same, delivered to the broker.
+5. ``aiokafka`` / ``confluent``: the same, delivered to the broker;
+6. ``at_least_once``: aiokafka with ``delivery="at_least_once"`` and the disk spool on
+   but idle (the broker is up); ``spooling``: the same with the broker unreachable, so
+   that every entry goes to the spool (timed until all are on disk).
 
 The serializer alone (``encode_entry`` per captured request) is timed as well. Rounds
 are interleaved; each stage's fastest round is reported (the usual estimate for CPU
@@ -24,10 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -89,25 +95,29 @@ async def _drive(app: ASGIApp, count: int) -> None:
         await asyncio.sleep(0)
 
 
+def _in_memory(stats: dict[str, int]) -> int:
+    """Entries pending and not in the spool."""
+    return stats["pending"] - stats["spooled"]
+
+
 async def _settled(middleware: KafkaLogMiddleware, left: int, timeout: float) -> None:
-    """Wait until at most ``left`` entries are pending (the flush timer lets them go)."""
+    """Wait until at most ``left`` entries are pending in memory (the flush timer lets them
+    go, to Kafka or to the spool)."""
     deadline = time.monotonic() + timeout
     # stats() is the middleware's only progress signal: poll it, bounded.
-    while middleware.stats()["pending"] > left:
+    while _in_memory(middleware.stats()) > left:
         if time.monotonic() > deadline:
             raise RuntimeError(f"entries still pending after {timeout:g} s: {middleware.stats()}")
         await asyncio.sleep(0.05)
 
 
 async def _stage(
-    app: ASGIApp, middleware: KafkaLogMiddleware | None, count: int, dropping: bool
+    app: ASGIApp, middleware: KafkaLogMiddleware | None, count: int, expected: str
 ) -> float:
-    """CPU µs per request for ``count`` requests through ``app``, entries delivered.
-
-    ``dropping``: the buffer bound is reached, every entry is dropped and the single
-    buffered one stays pending for good.
-    """
-    left = 1 if dropping else 0
+    """CPU µs per request for ``count`` requests through ``app``, entries ``expected``:
+    ``"delivered"``; ``"dropped"``: the buffer bound is reached, every entry is dropped
+    and the single buffered one stays pending for good; ``"spooled"``: on disk."""
+    left = 1 if expected == "dropped" else 0
     await _drive(app, WARM)
     if middleware is not None:
         await _settled(middleware, left, 60)
@@ -118,14 +128,15 @@ async def _stage(
     used = time.process_time() - cpu
     if middleware is not None:
         stats = middleware.stats()
-        expected = "dropped" if left else "delivered"
         if stats[expected] < count or (not left and stats["dropped"]):
             raise RuntimeError(f"unexpected accounting: {stats}")
         await middleware.aclose()
     return used / count * 1e6
 
 
-def stages(bootstrap: str, confluent: bool) -> dict[str, Callable[[], tuple[ASGIApp, Any]]]:
+def stages(
+    bootstrap: str, confluent: bool, spool: Path
+) -> dict[str, Callable[[], tuple[ASGIApp, Any]]]:
     """The stages in order: name → factory of (app, middleware or None)."""
     up = KafkaLogConfig(
         bootstrap_servers=servers(bootstrap), topic=f"bench-breakdown-{uuid.uuid4().hex[:8]}"
@@ -152,7 +163,25 @@ def stages(bootstrap: str, confluent: bool) -> dict[str, Callable[[], tuple[ASGI
     }
     if confluent:
         out["confluent"] = lambda: logged(up.replace(producer_backend="confluent"))
+    spooled = {"delivery": "at_least_once", "overflow": "spool"}
+    out["at_least_once"] = lambda: logged(
+        up.replace(**spooled, spool_dir=str(spool / uuid.uuid4().hex))  # type: ignore[arg-type]
+    )
+    out["spooling"] = lambda: logged(
+        KafkaLogConfig(
+            bootstrap_servers=(f"127.0.0.1:{closed_port()}",),
+            topic="spooled",
+            spool_dir=str(spool / uuid.uuid4().hex),
+            spool_sync_interval=100,
+            shutdown_timeout=100,
+            **spooled,  # type: ignore[arg-type]
+        )
+    )
     return out
+
+
+STAGE_EXPECTS = {"request_path": "dropped", "spooling": "spooled"}
+"""What becomes of a stage's entries, where they are not delivered."""
 
 
 def serializer_alone(count: int, native: bool) -> float:
@@ -191,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         note = None
         if has_module("confluent_kafka"):
             note = uvloop.run(probe_confluent(bootstrap, f"bench-probe-{uuid.uuid4().hex[:8]}"))
-        order = stages(bootstrap, note is None and has_module("confluent_kafka"))
+        spool = Path(tempfile.mkdtemp(prefix="bench-spool-"))
+        order = stages(bootstrap, note is None and has_module("confluent_kafka"), spool)
         for round_no in range(1, args.rounds + 1):
             print(f"breakdown: round {round_no}/{args.rounds}", flush=True)
             for name, make in order.items():
@@ -201,10 +231,11 @@ def main(argv: list[str] | None = None) -> int:
                     else contextlib.nullcontext()
                 ):
                     app, middleware = make()
-                    dropping = name == "request_path"
-                    us = uvloop.run(_stage(app, middleware, args.requests, dropping))
+                    expected = STAGE_EXPECTS.get(name, "delivered")
+                    us = uvloop.run(_stage(app, middleware, args.requests, expected))
                 runs.setdefault(name, []).append(us)
                 print(f"  {name:18} {us:6.2f} µs/request", flush=True)
+        shutil.rmtree(spool, ignore_errors=True)
     native_built = serializer._native is not None
     alone = {"python": min(serializer_alone(5000, False) for _ in range(args.rounds))}
     if native_built:

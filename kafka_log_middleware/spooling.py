@@ -231,7 +231,7 @@ class Spooling:
         process); here, in the loop's thread: the publisher is closing."""
         spool, self._spool = self._spool, None
         writes, self.waiting = self.waiting, []
-        if spool is None:
+        if spool is None and writes:
             spool = self._open_now()
         if spool is None:
             if writes:

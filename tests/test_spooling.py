@@ -26,9 +26,10 @@ from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
 from tests.asgi_driver import http_scope, lifespan, request
 from tests.kafka_helpers import BrokerFactory, consume, unique_topic
 from tests.polling import eventually, wait_until
-from tests.servers import free_port, server_process, wait_for_port
+from tests.servers import free_port, gunicorn, server_process, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
+APP = "tests.flask_app:app"
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -192,3 +193,72 @@ def test_an_app_stopped_mid_outage_under_load_has_its_spool_replayed_by_the_next
     else:
         assert lost <= last_moments
     assert got == sorted(got)  # in order
+
+
+def test_gunicorn_workers_each_spool_under_sigterm_and_the_next_workers_send_it_all(
+    kafka_broker_factory: BrokerFactory, tmp_path: Path
+) -> None:
+    """Two gunicorn workers (the Flask app, the WSGI door) while the broker is down, then
+    SIGTERM under load: each worker spools what it holds in its own files (its stats say
+    so). Started again with the broker up, the new workers take the old ones' files over
+    between them: every entry served arrives, once, each old worker's in its order."""
+    pytest.importorskip("gunicorn")
+    broker = kafka_broker_factory()
+    topic = unique_topic("spool-gunicorn")
+    spool, reports = tmp_path / "spool", tmp_path / "stats"
+    reports.mkdir()
+    env = {
+        "KAFKA_LOG_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "KAFKA_LOG_TOPIC": topic,
+        "KAFKA_LOG_DELIVERY": "at_least_once",
+        "KAFKA_LOG_OVERFLOW": "spool",
+        "KAFKA_LOG_SPOOL_DIR": str(spool),
+        "KAFKA_LOG_SPOOL_SYNC_INTERVAL": "100",
+        "KAFKA_LOG_SHUTDOWN_TIMEOUT": "1000",
+        "KAFKA_LOG_TEST_STATS": str(reports),
+    }
+    options = ("--preload", "-w", "2", "-c", "tests/gunicorn_conf.py", "--graceful-timeout", "20")
+    served: dict[int, int] = {}  # request number -> the pid of the worker that served it
+    stop = threading.Event()
+
+    def load(base_url: str) -> None:
+        # One client: each worker's requests come in the order of their numbers.
+        with httpx.Client(base_url=base_url, timeout=10) as client:
+            for n in range(100_000):
+                if stop.is_set():
+                    return
+                try:
+                    response = client.get(f"/hello/load?n={n}")
+                except httpx.TransportError:
+                    return  # the server is gone
+                if response.status_code == 200:
+                    served[n] = int(response.headers["x-pid"])
+
+    with gunicorn(APP, *options, env=env) as (base_url, process):
+        loader = threading.Thread(target=load, args=(base_url,))
+        loader.start()
+        wait_until(lambda: len(served) >= 300 and len(set(served.values())) == 2, timeout=60)
+        process.send_signal(signal.SIGTERM)  # under load
+        assert process.wait(60) == 0
+        stop.set()
+        loader.join()
+    stats = [orjson.loads(path.read_bytes()) for path in reports.glob("*.json")]
+    assert len(stats) == 2  # each worker flushed and reported
+    assert sum(s["enqueued"] for s in stats) == len(served)
+    assert all(s["spooled"] == s["pending"] == s["enqueued"] > 0 for s in stats), stats
+    owners = {path.name.split("-")[0] for path in spool.glob("*.lock")}
+    assert owners == {str(pid) for pid in set(served.values())}  # a spool of each its own
+    broker.start()
+    with gunicorn(APP, "-w", "2", env=env) as (base_url, _):
+        # A WSGI worker starts its publisher with its first request, and then takes the
+        # files over (the threads of a pre-forked app cannot start before).
+        with httpx.Client(base_url=base_url, timeout=10) as client:
+            for n in range(1_000_000, 1_000_020):
+                assert client.get(f"/hello/new?n={n}").status_code == 200
+        expected = len(served) + 20
+        found = asyncio.run(consume(broker.bootstrap_servers, topic, expected, settle=2))
+    got = [n for n in numbers(entries(found)) if n < 1_000_000]
+    assert sorted(got) == sorted(served)  # every one, once
+    for pid in set(served.values()):
+        of_worker = [n for n in got if served[n] == pid]
+        assert of_worker == sorted(of_worker)  # each worker's entries in its order

@@ -1,0 +1,30 @@
+"""The app of ``bench/soak.py``: a logged Starlette hello-world that also tells its stats.
+
+Configured from ``KAFKA_LOG_*`` (``KafkaLogConfig.from_env``); ``GET /n`` answers every
+load request, ``GET /stats`` the middleware's counters (logged too, like any request).
+Served by uvicorn: ``uvicorn bench.soak_app:make_app --factory``.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware
+
+
+def make_app() -> KafkaLogMiddleware:
+    """The logged app; its ``/stats`` reads the middleware wrapping it."""
+    middleware: KafkaLogMiddleware
+
+    async def hello(_request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    async def stats(_request: Request) -> JSONResponse:
+        return JSONResponse(middleware.stats())
+
+    app = Starlette(routes=[Route("/n", hello), Route("/stats", stats)])
+    middleware = KafkaLogMiddleware(app, KafkaLogConfig.from_env())
+    return middleware
