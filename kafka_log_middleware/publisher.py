@@ -412,6 +412,10 @@ class Publisher:
             and (spooling.active or any(retry.box.use is box.use for retry in self._retries))
         )
 
+    def _spills(self, box: _Outbox) -> bool:
+        """Whether ``box``'s entries may go to the spool."""
+        return self._spooling is not None and box.config.overflow == "spool"
+
     def _spill(self, box: _Outbox, messages: list[Message]) -> None:
         """Move ``messages`` (held in memory) to the spool."""
         assert self._spooling is not None
@@ -425,7 +429,7 @@ class Publisher:
         if not box.use.producer.ready:
             if self._drops_refused(box):
                 return 0.0
-            if self._spooling is not None and box.config.overflow == "spool":
+            if self._spills(box):
                 return box.since + box.config.spool_sync_interval / 1000 - now  # see flush
             return _READY_POLL
         config = box.config
@@ -543,10 +547,8 @@ class Publisher:
             elif self._drops_refused(box):
                 messages, box.messages = box.messages, []
                 self._refused(messages, False)
-            elif (
-                self._spooling is not None
-                and box.config.overflow == "spool"
-                and (self._stopping or now - box.since >= box.config.spool_sync_interval / 1000)
+            elif self._spills(box) and (
+                self._stopping or now - box.since >= box.config.spool_sync_interval / 1000
             ):
                 # Waiting for a connection: on disk after a sync interval (or at shutdown),
                 # so that a crash loses no more than that.
@@ -666,7 +668,7 @@ class Publisher:
             return
         config = box.config
         attempts = config.producer_request_retries_max_attempts
-        if verdict is Verdict.RETRY and self._spooling is not None and config.overflow == "spool":
+        if verdict is Verdict.RETRY and self._spills(box):
             self._spill(box, messages)  # replayed in order, once Kafka takes entries again
             self._requeued(newly_uncertain)
             return
@@ -728,6 +730,11 @@ class Publisher:
             producer = retry.box.use.producer
             if not producer.ready and self._drops_refused(retry.box):
                 self._refused(retry.messages, retry.maybe_written)
+                continue
+            if not producer.ready and self._stopping and self._spills(retry.box):
+                if retry.maybe_written:
+                    self.buffer.count_retried(len(retry.messages))
+                self._spill(retry.box, retry.messages)  # no connection to wait for now
                 continue
             if not producer.ready or (retry.due > now and not self._stopping):
                 waiting.append(retry)
