@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import os
 import signal
 import subprocess
@@ -35,7 +34,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.common import ROOT, environment, median, write_json
+from bench.common import ROOT, environment, median, read_json, write_json
 from devtools.kafka_broker import KafkaBroker, ensure_jars, free_port
 
 _CONCURRENCY = 64
@@ -64,8 +63,6 @@ class Report:
     lost: int = 0
     """Load requests served whose entry never reached Kafka."""
     duplicates: int = 0
-    out_of_order: int = 0
-    """Entries read back before an entry of a request served earlier."""
     final_stats: dict[str, int] = field(default_factory=dict)
     p50_ms: float = 0.0
     p99_ms: float = 0.0
@@ -330,7 +327,14 @@ def _read_back(bootstrap: str, topic: str, report: Report) -> None:
     unique = set(numbers)
     report.duplicates = len(numbers) - len(unique)
     report.lost = max(expected - len(unique), 0)
-    report.out_of_order = sum(1 for a, b in itertools.pairwise(numbers) if b < a)
+
+
+def _report_of(data: dict[str, Any]) -> Report:
+    """A report read back from its JSON (for ``--replot``)."""
+    fields = {name: data[name] for name in Report.__dataclass_fields__ if name in data}
+    fields["samples"] = [Sample(**sample) for sample in data["samples"]]
+    fields["broker_down"] = [tuple(span) for span in data["broker_down"]]
+    return Report(**fields)
 
 
 def plot(report: Report, out: Path) -> None:
@@ -373,7 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-spool", action="store_true", help="at_least_once without spool")
     parser.add_argument("--out", default="soak.json", help="result file in bench/results/")
     parser.add_argument("--plot", type=Path, default=None, help="write a chart here (PNG)")
+    parser.add_argument("--replot", action="store_true", help="only chart --out's results")
     args = parser.parse_args(argv)
+    if args.replot:
+        plot(_report_of(read_json(args.out)), args.plot or Path("soak.png"))
+        return 0
     if args.restart_every is None and args.outage is None:
         args.restart_every = 120.0
     report = run(args.duration, args.rate, args.restart_every, args.outage, not args.no_spool)
@@ -384,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(report, args.plot)
     print(
         f"soak: {report.served} served ({report.failed_requests} failed), {report.lost} lost, "
-        f"{report.duplicates} duplicates, {report.out_of_order} out of order; "
+        f"{report.duplicates} duplicates; "
         f"p50 {report.p50_ms:.1f} ms, p99 {report.p99_ms:.1f} ms (broker down: "
         f"{report.p99_ms_broker_down}); balanced {report.balanced()}"
     )
