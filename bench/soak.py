@@ -316,7 +316,7 @@ def _read_back(bootstrap: str, topic: str, report: Report) -> None:
     """Look for every served load request's entry in Kafka."""
     from tests.kafka_helpers import consume  # the test suite's consumer, no group
 
-    expected = report.served
+    expected = report.served - report.final_stats.get("dropped", 0)  # those counted lost
     records = asyncio.run(consume(bootstrap, topic, expected, timeout=120, settle=2))
     numbers = []
     for record in records:
