@@ -259,7 +259,7 @@ def _do(spool: Spool, work: _Work) -> None:
             spool.rewind()
         if work.take_over:
             spool.take_over()
-        work.accepted = _write(spool, work.writes)
+        _write(spool, work)
         if work.sync:
             spool.sync()
         elif work.writes:
@@ -273,10 +273,10 @@ def _do(spool: Spool, work: _Work) -> None:
     work.empty = spool.empty
 
 
-def _write(spool: Spool, records: list[Record]) -> int:
-    """Append ``records``, a run of one topic at a time; how many the spool took (the
-    first ones: past ``spool_max_bytes`` it takes no more)."""
-    accepted = 0
+def _write(spool: Spool, work: _Work) -> None:
+    """Append ``work.writes``, a run of one topic at a time, counting in ``work.accepted``
+    those the spool took (the first ones: past ``spool_max_bytes`` it takes no more)."""
+    records = work.writes
     start = 0
     while start < len(records):
         topic = records[start][0]
@@ -285,11 +285,10 @@ def _write(spool: Spool, records: list[Record]) -> int:
             end += 1
         messages = [message for _, message in records[start:end]]
         taken = spool.append(topic, messages)
-        accepted += taken
+        work.accepted += taken
         if taken < len(messages):
             break
         start = end
-    return accepted
 
 
 class Replay:

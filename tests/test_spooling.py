@@ -262,3 +262,37 @@ def test_gunicorn_workers_each_spool_under_sigterm_and_the_next_workers_send_it_
     for pid in set(served.values()):
         of_worker = [n for n in got if served[n] == pid]
         assert of_worker == sorted(of_worker)  # each worker's entries in its order
+
+
+async def test_a_failed_spool_write_counts_what_the_spool_took_and_drops_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk error in the middle of a turn's writes: what was taken before it stays
+    counted as spooled, the rest is dropped (``spool_full``), and the error is told."""
+    from kafka_log_middleware.buffer import LogBuffer
+    from kafka_log_middleware.spool import Spool, SpoolWriteError
+    from kafka_log_middleware.spooling import Spooling
+    from tests.scripted import captured
+    from tests.scripted import config as scripted_config
+
+    settings = scripted_config(
+        delivery="at_least_once", overflow="spool", spool_dir=str(tmp_path / "spool")
+    )
+    buffer = LogBuffer(100)
+    for n in range(3):
+        buffer.put(captured(n, settings))
+    buffer.take(3)  # encoded, as the publisher would: pending, in the spool's hands
+    real = Spool.append
+
+    def append(spool: Spool, topic: str, messages: list[Any]) -> int:
+        if topic == "second":
+            raise SpoolWriteError(28, "no space left on device", 0)
+        return real(spool, topic, messages)
+
+    monkeypatch.setattr(Spool, "append", append)
+    spooling = Spooling(buffer, settings)
+    spooling.add("first", [(None, b"zero"), (None, b"one")])
+    spooling.add("second", [(None, b"two")])
+    await spooling.step()
+    stats = buffer.stats()
+    assert (stats["spooled"], stats["dropped_spool_full"], stats["pending"]) == (2, 1, 2)
