@@ -310,6 +310,7 @@ def _settle(base: str, report: Report, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while _stats(base)["pending"] > 1 and time.monotonic() < deadline:  # 1: this /stats
         time.sleep(0.5)
+    time.sleep(1.5)  # the flush timer (1 s) lets the last /stats requests' entries go too
 
 
 def _read_back(bootstrap: str, topic: str, report: Report) -> None:
