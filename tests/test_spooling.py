@@ -296,3 +296,40 @@ async def test_a_failed_spool_write_counts_what_the_spool_took_and_drops_the_res
     await spooling.step()
     stats = buffer.stats()
     assert (stats["spooled"], stats["dropped_spool_full"], stats["pending"]) == (2, 1, 2)
+
+
+def test_uvicorn_workers_each_spool_their_own_and_the_next_workers_send_it_all(
+    kafka_broker_factory: BrokerFactory, tmp_path: Path
+) -> None:
+    """``uvicorn --workers 2`` while the broker is down: each worker has a spool of its
+    own (a lock file per pid) for what it serves; SIGTERM; started again with the broker
+    up, the new workers take the files over at startup and every entry arrives, once."""
+    broker = kafka_broker_factory()
+    topic = unique_topic("spool-uvicorn-workers")
+    spool = tmp_path / "spool"
+    env = {
+        "KAFKA_LOG_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "KAFKA_LOG_TOPIC": topic,
+        "KAFKA_LOG_DELIVERY": "at_least_once",
+        "KAFKA_LOG_OVERFLOW": "spool",
+        "KAFKA_LOG_SPOOL_DIR": str(spool),
+        "KAFKA_LOG_SPOOL_SYNC_INTERVAL": "100",
+        "KAFKA_LOG_SHUTDOWN_TIMEOUT": "1000",
+    }
+    port = free_port()
+    base, command = uvicorn_app(port)
+    served = 0
+    with server_process([*command, "--workers", "2"], port, env):
+        for n in range(300):
+            # A new connection each time, so that both workers get requests.
+            assert httpx.get(f"{base}/", params={"n": n}).status_code == 200
+            served += 1
+    owners = {path.name.split("-")[0] for path in spool.glob("*.lock")}
+    assert len(owners) == 2  # one spool per worker
+    broker.start()
+    port = free_port()
+    base, command = uvicorn_app(port)
+    with server_process([*command, "--workers", "2"], port, env):
+        found = asyncio.run(consume(broker.bootstrap_servers, topic, served, settle=2))
+    got = numbers(entries(found))
+    assert sorted(got) == list(range(served))  # every one, once
