@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.common import ROOT, environment, median, read_json, write_json
+from bench.common import environment, median, read_json, write_json
 from devtools.kafka_broker import KafkaBroker, ensure_jars, free_port
 
 _CONCURRENCY = 64
@@ -131,17 +130,17 @@ def _inodes_on_port(pid: int, port: int) -> set[str]:
 
 @contextlib.contextmanager
 def _app(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``bench/soak_app.py`` under uvicorn on a free port; SIGTERM at the end."""
+    """``bench/soak_app.py`` under uvicorn on a free port, answering; SIGTERM at the end."""
+    from tests.servers import server_process  # the test suite's, as the consumer below
+
     port = free_port()
     command = [
         sys.executable, "-m", "uvicorn", "bench.soak_app:make_app", "--factory",
         "--port", str(port), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
-    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT)
-    try:
-        base = f"http://127.0.0.1:{port}"
+    with server_process(command, port, env) as (base, process):
         deadline = time.monotonic() + 30
-        while True:
+        while True:  # the port is open; the app may still be starting up
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(base + "/stats").status_code == 200:
                     break
@@ -149,14 +148,6 @@ def _app(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
                 raise RuntimeError("the soak app did not start")
             time.sleep(0.1)
         yield base, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def _load(

@@ -447,6 +447,16 @@ def _kill_leftover_brokers() -> None:
             broker.kill()
 
 
+def _workdir(workdir: Path | None, prefix: str) -> tuple[Path, bool]:
+    """``workdir`` made if missing, or a fresh temporary one; and whether it is ours to
+    delete at ``close()``."""
+    if workdir is None:
+        return Path(tempfile.mkdtemp(prefix=prefix)), True
+    path = Path(workdir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path, False
+
+
 class KafkaBroker:
     """One combined KRaft node (``process.roles=broker,controller``) on 127.0.0.1.
 
@@ -489,13 +499,7 @@ class KafkaBroker:
         # read them (a test may point an app at `bootstrap_servers` before start()).
         self._ports_picked = port is None and controller_port is None
         self._ports_observed = False
-        if workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="kafka-broker-"))
-            self._owns_workdir = True
-        else:
-            self._workdir = Path(workdir).resolve()
-            self._workdir.mkdir(parents=True, exist_ok=True)
-            self._owns_workdir = False
+        self._workdir, self._owns_workdir = _workdir(workdir, "kafka-broker-")
         self._heap = heap
         self._libs = libs
         self._extra_properties = dict(extra_properties or {})
@@ -865,13 +869,7 @@ class KafkaCluster:
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
-        if workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="kafka-cluster-"))
-            self._owns_workdir = True
-        else:
-            self._workdir = Path(workdir).resolve()
-            self._workdir.mkdir(parents=True, exist_ok=True)
-            self._owns_workdir = False
+        self._workdir, self._owns_workdir = _workdir(workdir, "kafka-cluster-")
         self._size = size
         self._heap = heap
         self._libs = libs

@@ -117,6 +117,19 @@ async def test_what_one_process_spooled_at_shutdown_the_next_one_sends(
     assert segments(tmp_path) == []  # all sent: gone
 
 
+def spool_env(bootstrap: str, topic: str, spool: Path, sync_ms: int = 100) -> dict[str, str]:
+    """``KAFKA_LOG_*`` of an app in a subprocess: at least once, with the spool in ``spool``."""
+    return {
+        "KAFKA_LOG_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_LOG_TOPIC": topic,
+        "KAFKA_LOG_DELIVERY": "at_least_once",
+        "KAFKA_LOG_OVERFLOW": "spool",
+        "KAFKA_LOG_SPOOL_DIR": str(spool),
+        "KAFKA_LOG_SPOOL_SYNC_INTERVAL": str(sync_ms),
+        "KAFKA_LOG_SHUTDOWN_TIMEOUT": "1000",
+    }
+
+
 def uvicorn_app(port: int) -> tuple[str, list[str]]:
     """The base URL and command of ``tests/exit_app.py`` under uvicorn on ``port``."""
     command = [
@@ -138,16 +151,8 @@ def test_an_app_stopped_mid_outage_under_load_has_its_spool_replayed_by_the_next
     broker = kafka_broker_factory()
     topic = unique_topic("spool-stop")
     sync_interval = 0.1
-    env = {
-        "KAFKA_LOG_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "KAFKA_LOG_TOPIC": topic,
-        "KAFKA_LOG_DELIVERY": "at_least_once",
-        "KAFKA_LOG_OVERFLOW": "spool",
-        "KAFKA_LOG_SPOOL_DIR": str(tmp_path),
-        "KAFKA_LOG_SPOOL_SYNC_INTERVAL": str(int(sync_interval * 1000)),
-        "KAFKA_LOG_PRODUCER_ASYNC_FLUSH_TIMEOUT": "20",
-        "KAFKA_LOG_SHUTDOWN_TIMEOUT": "1000",
-    }
+    env = spool_env(broker.bootstrap_servers, topic, tmp_path, int(sync_interval * 1000))
+    env["KAFKA_LOG_PRODUCER_ASYNC_FLUSH_TIMEOUT"] = "20"
     served: dict[int, float] = {}  # request number -> when its response came
     port = free_port()
     base, command = uvicorn_app(port)
@@ -207,16 +212,8 @@ def test_gunicorn_workers_each_spool_under_sigterm_and_the_next_workers_send_it_
     topic = unique_topic("spool-gunicorn")
     spool, reports = tmp_path / "spool", tmp_path / "stats"
     reports.mkdir()
-    env = {
-        "KAFKA_LOG_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "KAFKA_LOG_TOPIC": topic,
-        "KAFKA_LOG_DELIVERY": "at_least_once",
-        "KAFKA_LOG_OVERFLOW": "spool",
-        "KAFKA_LOG_SPOOL_DIR": str(spool),
-        "KAFKA_LOG_SPOOL_SYNC_INTERVAL": "100",
-        "KAFKA_LOG_SHUTDOWN_TIMEOUT": "1000",
-        "KAFKA_LOG_TEST_STATS": str(reports),
-    }
+    env = spool_env(broker.bootstrap_servers, topic, spool)
+    env["KAFKA_LOG_TEST_STATS"] = str(reports)
     options = ("--preload", "-w", "2", "-c", "tests/gunicorn_conf.py", "--graceful-timeout", "20")
     served: dict[int, int] = {}  # request number -> the pid of the worker that served it
     stop = threading.Event()
@@ -307,15 +304,7 @@ def test_uvicorn_workers_each_spool_their_own_and_the_next_workers_send_it_all(
     broker = kafka_broker_factory()
     topic = unique_topic("spool-uvicorn-workers")
     spool = tmp_path / "spool"
-    env = {
-        "KAFKA_LOG_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "KAFKA_LOG_TOPIC": topic,
-        "KAFKA_LOG_DELIVERY": "at_least_once",
-        "KAFKA_LOG_OVERFLOW": "spool",
-        "KAFKA_LOG_SPOOL_DIR": str(spool),
-        "KAFKA_LOG_SPOOL_SYNC_INTERVAL": "100",
-        "KAFKA_LOG_SHUTDOWN_TIMEOUT": "1000",
-    }
+    env = spool_env(broker.bootstrap_servers, topic, spool)
     port = free_port()
     base, command = uvicorn_app(port)
     served = 0
