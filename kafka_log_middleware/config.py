@@ -17,6 +17,7 @@ import ipaddress
 import os
 import re
 import ssl
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, cast
 
@@ -861,18 +862,22 @@ def _security_check(check: Callable[[str, Any], Any]) -> Check:
 
 
 def _spool_dir(name: str, value: Any) -> str:
-    """An absolute path of a directory we may write, or may create (nothing is created
-    here: each process makes it when it first spools)."""
+    """An absolute path of a directory this process can write: created here (mode 0700)
+    if missing and probed with a file, so that a spool that could never work is refused
+    now rather than at the first outage (``os.access`` alone says yes to root anywhere)."""
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     path = os.path.abspath(_text(name, value, empty=False))
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if existing == path and not os.path.isdir(path):
+    if os.path.exists(path) and not os.path.isdir(path):
         raise InvalidConfig(name, f"{name} {path!r} exists and is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidConfig(name, f"{name} {path!r}: {existing!r} is not writable by this process")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise InvalidConfig(
+            name, f"{name} {path!r} is not writable by this process: {exc.strerror}"
+        ) from None
     return path
 
 

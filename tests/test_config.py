@@ -1169,8 +1169,9 @@ def test_delivery_settings_shape_the_producer() -> None:
 
 def test_the_spool_goes_with_overflow_spool_and_at_least_once(tmp_path: Any) -> None:
     spooled = make(delivery="at_least_once", overflow="spool", spool_dir=tmp_path / "new")
-    assert spooled.spool_dir == str(tmp_path / "new")  # absolute; made by each process later
-    assert not (tmp_path / "new").exists()
+    assert spooled.spool_dir == str(tmp_path / "new")  # absolute, made and probed now
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+    assert list((tmp_path / "new").iterdir()) == []  # the probe file is gone
     assert (spooled.spool_max_bytes, spooled.spool_sync_interval) == (1024**3, 1000)
 
 
@@ -1202,12 +1203,15 @@ def test_a_spool_dir_that_cannot_be_written_is_refused(tmp_path: Any) -> None:
     spool = {"delivery": "at_least_once", "overflow": "spool"}
     with pytest.raises(InvalidConfig, match="is not a directory"):
         make(**spool, spool_dir=str(plain_file))
+    # os.access says yes to root here; creating and probing does not.
+    with pytest.raises(InvalidConfig, match="not writable") as refused:
+        make(**spool, spool_dir="/proc/kafka-log-spool")
+    assert refused.value.field == "spool_dir"
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    if os.access(locked, os.W_OK):  # root writes anywhere
-        pytest.skip("this user may write a read-only directory")
-    with pytest.raises(InvalidConfig, match="not writable"):
-        make(**spool, spool_dir=str(locked / "spool"))
+    if not os.access(locked, os.W_OK):  # root writes anywhere
+        with pytest.raises(InvalidConfig, match="not writable"):
+            make(**spool, spool_dir=str(locked / "spool"))
 
 
 def test_spool_fields_from_env(tmp_path: Any) -> None:
