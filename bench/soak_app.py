@@ -2,10 +2,15 @@
 
 Configured from ``KAFKA_LOG_*`` (``KafkaLogConfig.from_env``); ``GET /n`` answers every
 load request, ``GET /stats`` the middleware's counters (logged too, like any request).
+Each entry carries ``soak_seq``, the order in which this worker's publisher built it,
+so that the benchmark can check that Kafka got them in that order.
 Served by uvicorn: ``uvicorn bench.soak_app:make_app --factory``.
 """
 
 from __future__ import annotations
+
+import itertools
+import os
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,5 +31,7 @@ def make_app() -> KafkaLogMiddleware:
         return JSONResponse(middleware.stats())
 
     app = Starlette(routes=[Route("/n", hello), Route("/stats", stats)])
-    middleware = KafkaLogMiddleware(app, KafkaLogConfig.from_env())
+    sequence = itertools.count()
+    fields = {"soak_seq": lambda _request: (os.getpid(), next(sequence))}
+    middleware = KafkaLogMiddleware(app, KafkaLogConfig.from_env(custom_fields=fields))
     return middleware

@@ -22,6 +22,7 @@ def test_a_short_soak_with_broker_restarts_loses_nothing_and_leaks_nothing(
     assert len(report.broker_down) == 2 and report.served > 0
     assert report.failed_requests == 0  # the app never failed a request for Kafka's sake
     assert report.lost == 0
+    assert report.out_of_order == 0  # Kafka got each worker's entries in their order
     assert report.balanced(), report.final_stats
     assert report.final_stats["pending"] <= 1  # at most the /stats request that read it
     assert report.final_stats["dropped"] == 0
