@@ -326,6 +326,12 @@ def breakdown_section(data: dict[str, Any]) -> list[str]:
     rows.append(("**total, aiokafka**", m["aiokafka"] - m["bare"], "aiokafka - bare"))
     if "confluent" in m:
         rows.append(("**total, confluent**", m["confluent"] - m["bare"], "confluent - bare"))
+    for stage, words in (
+        ("at_least_once", '`delivery="at_least_once"`, spool idle, over the default'),
+        ("spooling", "`at_least_once`, every entry spooled (broker down), over the default"),
+    ):
+        if stage in m:
+            rows.append((words, m[stage] - m["aiokafka"], f"{stage} - aiokafka"))
     rows.append(
         (
             "(the Python serializer instead of the native one adds)",
