@@ -468,6 +468,12 @@ class KafkaBroker:
     Alone, the node is its own quorum (formatted ``--standalone``). As a member of a
     :class:`KafkaCluster` it gets ``voters`` (node id → controller port of every node, a static
     ``controller.quorum.voters``) and the cluster's shared ``cluster_id``.
+
+    ``client_host`` adds a ``CLIENT`` listener (plaintext, a port of its own) bound to that
+    address and advertised as ``client_advertised_host`` (default: the address), e.g. a host
+    name that only the clients under test resolve: :attr:`client_bootstrap_servers`. Both may
+    be changed while the node is stopped; the next ``start()`` uses them. The PLAINTEXT
+    listener (inter-broker, the start-up probe, tests' consumers) stays on 127.0.0.1.
     """
 
     def __init__(
@@ -483,14 +489,19 @@ class KafkaBroker:
         node_id: int = 1,
         voters: Mapping[int, int] | None = None,
         cluster_id: str | None = None,
+        client_host: str | None = None,
+        client_advertised_host: str | None = None,
     ) -> None:
+        if client_advertised_host is not None and client_host is None:
+            raise ValueError("client_advertised_host needs a client_host to bind")
         if voters is not None:
             if node_id not in voters:
                 raise ValueError(f"node {node_id} is not one of the voters {dict(voters)}")
             if controller_port is not None and controller_port != voters[node_id]:
                 raise ValueError("controller_port differs from this node's entry in voters")
             controller_port = voters[node_id]
-        ports = [p for p in _free_ports(3 + len(SECURED_LISTENERS)) if p != port]
+        extra = 1 if client_host is not None else 0
+        ports = [p for p in _free_ports(3 + len(SECURED_LISTENERS) + extra) if p != port]
         self._port = port if port is not None else ports[0]
         self._controller_port = controller_port if controller_port is not None else ports[1]
         if self._port == self._controller_port:
@@ -510,6 +521,9 @@ class KafkaBroker:
         self._secured_ports = (
             dict(zip(SECURED_LISTENERS, ports[2:], strict=False)) if secured is not None else {}
         )
+        self._client_host = client_host
+        self._client_advertised_host = client_advertised_host
+        self._client_port = ports[2 + len(SECURED_LISTENERS)] if extra else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._log_offset = 0
@@ -540,6 +554,40 @@ class KafkaBroker:
         if name not in self._secured_ports:
             raise KeyError(f"this broker has no {name} listener (give it secured=...)")
         return f"{LOOPBACK}:{self._secured_ports[name]}"
+
+    @property
+    def client_bootstrap_servers(self) -> str:
+        """``advertised-host:port`` of the ``CLIENT`` listener (given ``client_host``)."""
+        if self._client_port is None:
+            raise KeyError("this broker has no CLIENT listener (give it client_host=...)")
+        self._ports_observed = True
+        return f"{self.client_advertised_host}:{self._client_port}"
+
+    @property
+    def client_host(self) -> str | None:
+        """The address the ``CLIENT`` listener binds (``None``: there is none)."""
+        return self._client_host
+
+    @client_host.setter
+    def client_host(self, host: str) -> None:
+        self._require_client_listener_change()
+        self._client_host = host
+
+    @property
+    def client_advertised_host(self) -> str | None:
+        """The host the ``CLIENT`` listener advertises (default: ``client_host``)."""
+        return self._client_advertised_host or self._client_host
+
+    @client_advertised_host.setter
+    def client_advertised_host(self, host: str) -> None:
+        self._require_client_listener_change()
+        self._client_advertised_host = host
+
+    def _require_client_listener_change(self) -> None:
+        if self._client_port is None:
+            raise KeyError("this broker has no CLIENT listener (give it client_host=...)")
+        if self.is_running:
+            raise RuntimeError("the CLIENT listener changes while the broker is stopped only")
 
     @property
     def workdir(self) -> Path:
@@ -581,6 +629,13 @@ class KafkaBroker:
         protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"] + [
             f"{name}:{SECURED_LISTENERS[name]}" for name in self._secured_ports
         ]
+        advertised = list(client_listeners)
+        if self._client_port is not None:
+            # Only what connects to this listener is told the name: the broker itself
+            # (inter-broker: PLAINTEXT) and the tests' own clients keep 127.0.0.1.
+            client_listeners.append(f"CLIENT://{self._client_host}:{self._client_port}")
+            advertised.append(f"CLIENT://{self.client_advertised_host}:{self._client_port}")
+            protocols.append("CLIENT:PLAINTEXT")
         if self._voters is None:
             quorum = {"controller.quorum.bootstrap.servers": f"{LOOPBACK}:{self._controller_port}"}
         else:
@@ -597,7 +652,7 @@ class KafkaBroker:
             "listeners": ",".join(
                 [*client_listeners, f"CONTROLLER://{LOOPBACK}:{self._controller_port}"]
             ),
-            "advertised.listeners": ",".join(client_listeners),
+            "advertised.listeners": ",".join(advertised),
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
             "listener.security.protocol.map": ",".join(protocols),
@@ -701,9 +756,14 @@ class KafkaBroker:
                 # Someone grabbed a pre-picked port before the JVM bound it: new ports, and
                 # a fresh format (the voter endpoint is recorded in the metadata log).
                 shutil.rmtree(self.data_dir, ignore_errors=True)
-                fresh = _free_ports(2 + len(self._secured_ports))
+                extra = 1 if self._client_port is not None else 0
+                fresh = _free_ports(2 + len(self._secured_ports) + extra)
                 self._port, self._controller_port = fresh[:2]
-                self._secured_ports = dict(zip(self._secured_ports, fresh[2:], strict=True))
+                self._secured_ports = dict(
+                    zip(self._secured_ports, fresh[2 : len(fresh) - extra], strict=True)
+                )
+                if extra:
+                    self._client_port = fresh[-1]
 
     def _start_once(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
