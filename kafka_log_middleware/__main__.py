@@ -162,8 +162,9 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="EXPR",
         help="print only the entries where FIELD OP VALUE holds, e.g. status>=500, "
-        "request.method=GET, latencies.request>100, request.uri~/api/* "
-        "(OP: = != > >= < <= ~ (glob)); repeated: all must hold",
+        "request.method=GET, latencies.request>100, request.uri~/api/* (OP: = != > >= < "
+        "<= ~ (glob); numbers compare as numbers; shorthands: status, method, uri, "
+        "latency); repeated: all must hold",
     )
     tail.add_argument(
         "--format",

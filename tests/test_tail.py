@@ -44,6 +44,7 @@ from tests.kafka_helpers import (
     topic_partitions,
     unique_topic,
 )
+from tests.oauth_server import token_endpoint
 from tests.polling import eventually
 from tests.servers import free_port
 
@@ -827,6 +828,31 @@ def test_tail_from_a_sasl_ssl_listener_with_flags(
     )  # fmt: skip
     assert (status, err) == (0, "")
     assert out.splitlines() == produced
+
+
+@pytest.mark.kafka
+def test_tail_with_oauthbearer_tokens_from_the_client_credentials_grant(
+    capsysbinary: pytest.CaptureFixture[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    secured_kafka: SecuredKafka,
+    secured_topic: tuple[str, list[bytes]],
+) -> None:
+    topic, produced = secured_topic
+    with token_endpoint("kafka-log", PASSWORD) as (url, grants):
+        grant = {
+            "mechanism": "OAUTHBEARER",
+            "token_endpoint_url": url,
+            "client_id": "kafka-log",
+            "client_secret": PASSWORD,
+        }
+        monkeypatch.setenv("KAFKA_LOG_AUTHENTICATION", orjson.dumps(grant).decode())
+        status, out, err = run_tail(
+            capsysbinary, topic, "--from-beginning", "--no-follow",
+            "--bootstrap-servers", secured_kafka.broker.listener("SASL_PLAINTEXT"),
+        )  # fmt: skip
+    assert (status, err) == (0, "")
+    assert out.splitlines() == produced
+    assert grants and all(form["grant_type"] == "client_credentials" for form in grants)
 
 
 @pytest.mark.kafka
