@@ -85,6 +85,15 @@ def failure_of(error: BaseException, maybe_written: bool = False) -> Failure:
     return Failure(verdict, cause, maybe_written)
 
 
+def with_token_provider(config: KafkaLogConfig, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` (``aiokafka_options()`` or ``aiokafka_client_options()``) and, for
+    OAUTHBEARER, a token provider of this client's own (it keeps and refreshes a token)."""
+    auth = config.sasl
+    if isinstance(auth, OAuthBearer):
+        return {**options, "sasl_oauth_token_provider": _Tokens(TokenSource(auth))}
+    return options
+
+
 def refusal_of(error: BaseException) -> str | None:
     """What a SASL or TLS failure of a connection means; None for other errors."""
     if isinstance(error, TokenError):
@@ -107,7 +116,7 @@ class AiokafkaProducer(Producer):
 
     def __init__(self, config: KafkaLogConfig) -> None:
         super().__init__(config)
-        self._options = config.aiokafka_options()
+        self._options = with_token_provider(config, config.aiokafka_options())
         self._ack_timeout_ms = config.producer_request_timeout
         self._start_guard = self._timeout * (len(config.bootstrap_servers) + 1) + 5.0
         """``start()`` tries each bootstrap server for up to ``timeout``, then fails."""
@@ -120,9 +129,6 @@ class AiokafkaProducer(Producer):
         """aiokafka batches that had an attempt which may have reached Kafka."""
         self._client_errors: deque[BaseException] = deque(maxlen=8)
         """Why aiokafka's connections failed, as it logged them (it raises a generic error)."""
-        auth = config.sasl
-        if isinstance(auth, OAuthBearer):
-            self._options["sasl_oauth_token_provider"] = _Tokens(TokenSource(auth))
 
     async def _open(self) -> None:
         _log.tame_client_loggers("aiokafka")

@@ -437,22 +437,29 @@ class KafkaLogConfig:
             self.producer_backend,
         )
 
+    def aiokafka_client_options(self) -> dict[str, Any]:
+        """The keyword arguments every aiokafka client takes (producer and consumer alike):
+        where the brokers are, the timeouts and the security settings."""
+        return {
+            "bootstrap_servers": list(self.bootstrap_servers),
+            "client_id": self.client_id,
+            "request_timeout_ms": self.timeout,
+            "connections_max_idle_ms": self.keepalive,
+            "retry_backoff_ms": self.producer_request_retries_backoff_timeout,
+            **aiokafka_security(self.sasl, self.tls),
+        }
+
     def aiokafka_options(self) -> dict[str, Any]:
         """Keyword arguments for ``aiokafka.AIOKafkaProducer``, mapped from Kong's names."""
         size = self.producer_request_limits_bytes_per_request
         return {
-            "bootstrap_servers": list(self.bootstrap_servers),
-            "client_id": self.client_id,
+            **self.aiokafka_client_options(),
             "acks": "all" if self.acks == -1 else self.acks,
-            "request_timeout_ms": self.timeout,
-            "connections_max_idle_ms": self.keepalive,
-            "retry_backoff_ms": self.producer_request_retries_backoff_timeout,
             "max_batch_size": size,
             "max_request_size": size,
             "linger_ms": 0,
             "enable_idempotence": self.idempotent,
             "compression_type": None if self.compression_type == "none" else self.compression_type,
-            **aiokafka_security(self.sasl, self.tls),
         }
 
     # -- environment ----------------------------------------------------------

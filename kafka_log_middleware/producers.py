@@ -217,14 +217,7 @@ class Producer:
     async def _tls_refusal(self) -> str | None:
         """Why the first broker refuses our TLS, by a probe of our own (``tls_probe``);
         None without TLS, or when it accepts."""
-        tls = self._tls
-        if tls is None:
-            return None
-        client_cert = None if tls.user_context else tls.certfile is not None
-        timeout = min(tls_probe.TIMEOUT, self._timeout)
-        return await tls_probe.tls_refusal(
-            self._first_server, tls.ssl_context, timeout, client_cert
-        )
+        return await tls_probe.settings_refusal(self._first_server, self._tls, self._timeout)
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the connection; True when ready."""

@@ -13,6 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .security import TlsSettings
 
 ALERT_WAIT = 0.5
 """How long to wait after the handshake for a refusal: a TLS 1.3 broker checks the
@@ -58,6 +62,15 @@ async def tls_refusal(
     except (OSError, TimeoutError, EOFError):
         return None
     return None
+
+
+async def settings_refusal(server: str, tls: TlsSettings | None, timeout: float) -> str | None:
+    """Why ``server`` refuses a client with these TLS settings (a probe of at most
+    ``TIMEOUT``, or ``timeout`` when shorter); None without TLS, or when it accepts."""
+    if tls is None:
+        return None
+    client_cert = None if tls.user_context else tls.certfile is not None
+    return await tls_refusal(server, tls.ssl_context, min(TIMEOUT, timeout), client_cert)
 
 
 def _refusal(exc: ssl.SSLError, client_cert: bool | None) -> str:

@@ -14,8 +14,14 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not add it
     sys.path.insert(0, str(_REPO_ROOT))
 
-from devtools.kafka_broker import KafkaBroker, KafkaCluster, ensure_jars  # noqa: E402
-from tests.kafka_helpers import BrokerFactory  # noqa: E402
+from devtools.kafka_broker import (  # noqa: E402
+    KafkaBroker,
+    KafkaCluster,
+    SecuredListeners,
+    ensure_jars,
+)
+from devtools.kafka_tls import make_certificates  # noqa: E402
+from tests.kafka_helpers import PASSWORD, USER, BrokerFactory, SecuredKafka  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +36,30 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     broker.start()
     try:
         yield broker.bootstrap_servers
+    finally:
+        broker.close()
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
+    """A broker (its own JVM, for the session) with every secured listener beside
+    PLAINTEXT (``SecuredListeners``: SASL_PLAINTEXT, SSL, MTLS, SASL_SSL, ...), with
+    certificates made here and the SASL user ``USER``/``PASSWORD``."""
+    ensure_jars()
+    certs = make_certificates(tmp_path_factory.mktemp("tls"))
+    broker = KafkaBroker(
+        workdir=tmp_path_factory.mktemp("kafka-secured"),
+        secured=SecuredListeners(
+            certs.broker_keystore,
+            certs.ca,
+            certs.wrong_host_keystore,
+            certs.expired_keystore,
+            {USER: PASSWORD},
+        ),
+    )
+    broker.start()
+    try:
+        yield SecuredKafka(broker, certs)
     finally:
         broker.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 import uuid
@@ -14,11 +15,34 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from devtools.kafka_broker import KafkaBroker
+from devtools.kafka_tls import Certificates
 
-__all__ = ["BrokerFactory", "consume", "create_topic", "topic_partitions", "unique_topic"]
+__all__ = [
+    "PASSWORD",
+    "USER",
+    "BrokerFactory",
+    "SecuredKafka",
+    "consume",
+    "create_topic",
+    "topic_partitions",
+    "unique_topic",
+]
 
 # What the ``kafka_broker_factory`` fixture yields: kwargs go to ``KafkaBroker(...)``.
 BrokerFactory = Callable[..., KafkaBroker]
+
+USER, PASSWORD = "alice", "alice-s3cret-password"
+"""The SASL user of the ``secured_kafka`` broker (PLAIN and SCRAM)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SecuredKafka:
+    """The ``secured_kafka`` broker (``SecuredListeners``) and the certificates its
+    listeners use."""
+
+    broker: KafkaBroker
+    certs: Certificates
+
 
 _ILLEGAL_TOPIC_CHARS = re.compile(r"[^a-zA-Z0-9._-]+")
 

@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,46 +27,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from devtools.kafka_broker import KafkaBroker, SecuredListeners, ensure_jars
-from devtools.kafka_tls import Certificates, make_certificates
+from devtools.kafka_tls import Certificates
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, _log
 from tests.asgi_driver import http_scope, lifespan, request
-from tests.kafka_helpers import consume, unique_topic
+from tests.kafka_helpers import PASSWORD, USER, SecuredKafka, consume, unique_topic
 from tests.oauth_server import token_endpoint, unsecured_token
 from tests.polling import eventually, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(120)]
-
-USER, PASSWORD = "alice", "alice-s3cret-password"
-
-
-@dataclasses.dataclass(frozen=True)
-class SecuredKafka:
-    """The session's secured broker and the certificates its listeners use."""
-
-    broker: KafkaBroker
-    certs: Certificates
-
-
-@pytest.fixture(scope="session")
-def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
-    ensure_jars()
-    certs = make_certificates(tmp_path_factory.mktemp("tls"))
-    broker = KafkaBroker(
-        workdir=tmp_path_factory.mktemp("kafka-secured"),
-        secured=SecuredListeners(
-            certs.broker_keystore,
-            certs.ca,
-            certs.wrong_host_keystore,
-            certs.expired_keystore,
-            {USER: PASSWORD},
-        ),
-    )
-    broker.start()
-    try:
-        yield SecuredKafka(broker, certs)
-    finally:
-        broker.close()
 
 
 def sasl(mechanism: str) -> dict[str, Any]:
