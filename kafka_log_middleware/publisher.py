@@ -82,6 +82,19 @@ class _Use:
     in_flight: int = 0
     """Entries handed to the producer and not reported yet."""
     last_used: float = field(default_factory=time.monotonic)
+    parked: list[_Parked] = field(default_factory=list)
+    """Entries for the spool that wait for this producer's older batches to settle, so
+    that the spool gets them in the order they were built (see ``Publisher._park``)."""
+
+
+@dataclass(eq=False)
+class _Parked:
+    """Entries on their way to the spool, and where they stand in build order."""
+
+    order: float
+    box: _Outbox
+    messages: list[Message]
+    maybe_written: bool
 
 
 @dataclass(eq=False)
@@ -104,6 +117,9 @@ class _Retry:
     due: float
     maybe_written: bool = False
     """An earlier attempt may have reached Kafka (and the entries are counted retried)."""
+    order: float = 0.0
+    """Where the messages stand in build order (``_Attempt.order``)."""
+    span: float = 1.0
 
 
 class _Attempt:
@@ -111,7 +127,9 @@ class _Attempt:
     outbox the messages came from, the attempt's number, and ``written_before``: an
     earlier attempt may have reached Kafka (so they are counted as retried already)."""
 
-    __slots__ = ("box", "count", "number", "publisher", "size", "written_before")
+    __slots__ = (
+        "box", "count", "number", "order", "publisher", "size", "span", "written_before"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -120,11 +138,15 @@ class _Attempt:
         number: int,
         written: bool,
         messages: list[Message],
+        order: tuple[float, float],
     ) -> None:
         self.publisher = publisher
         self.box = box
         self.number = number
         self.written_before = written
+        self.order, self.span = order
+        """Build order: batches are numbered as first handed over (halves of a split
+        batch share its number's span), so that what goes to the spool keeps the order."""
         self.count = len(messages)
         """Messages not reported yet."""
         self.size = _size(messages)
@@ -158,7 +180,9 @@ class Publisher:
         self._outboxes: dict[tuple[int, str], _Outbox] = {}
         self._retries: deque[_Retry] = deque()
         self._held = 0
-        """Bytes of the encoded entries held: in outboxes, retries or in flight."""
+        """Bytes of the encoded entries held: in outboxes, retries, parked or in flight."""
+        self._order = 0.0
+        """The last batch number given (see ``_Attempt.order``)."""
         self._spooling: Spooling | None = None
         """The disk spool, once a config in force has ``overflow="spool"``."""
         self._stopping = False
@@ -233,19 +257,25 @@ class Publisher:
     def _spill_all(self, spooling: Spooling) -> None:
         """At shutdown: what is pending in memory and not with a client goes to the spool
         (the captured requests encoded first), which is then synced and let go of."""
-        for request in self.buffer.drain_all():
-            encoded = self._encode(request)
-            if encoded is not None:
-                spooling.add(encoded[0].topic, [encoded[1]])
+        older: list[_Parked] = []  # in build order: what failed or waits, then the rest
+        for use in self._uses.values():
+            older += use.parked
+            use.parked = []
+        for retry in self._retries:
+            if retry.maybe_written:
+                self.buffer.count_retried(len(retry.messages))
+            older.append(_Parked(retry.order, retry.box, retry.messages, False))
+        self._retries.clear()
+        for entries in sorted(older, key=lambda entries: entries.order):
+            self._spill(entries.box, entries.messages)
         for box in self._outboxes.values():
             if box.messages:
                 self._spill(box, box.messages)
                 box.messages = []
-        for retry in self._retries:
-            if retry.maybe_written:
-                self.buffer.count_retried(len(retry.messages))
-            self._spill(retry.box, retry.messages)
-        self._retries.clear()
+        for request in self.buffer.drain_all():
+            encoded = self._encode(request)
+            if encoded is not None:
+                spooling.add(encoded[0].topic, [encoded[1]])
         spooling.close()
 
     def take_over(self, old: Publisher) -> None:
@@ -264,6 +294,9 @@ class Publisher:
                     _Retry(box, messages, attempt.number, 0.0, attempt.written_before)
                 )
             use.producer.abandon()
+            for entries in use.parked:
+                box = self._outbox(entries.box.config)
+                self._retries.append(_Retry(box, entries.messages, 1, 0.0, entries.maybe_written))
         old._accounting_closed = True
         for old_box in old._outboxes.values():
             if old_box.messages:
@@ -300,6 +333,8 @@ class Publisher:
             await self._flush_outboxes()
             spooling = self._spooling
             if spooling is not None:
+                for use in self._uses.values():
+                    self._unpark(use)
                 await spooling.step(self._stopping)
                 await self._replay(spooling)
             if self._stopping and not self.buffer and not self._waiting() and _spooled(spooling):
@@ -374,9 +409,11 @@ class Publisher:
 
     def _may_replay(self, use: _Use) -> bool:
         """Spooled entries may go to ``use``'s producer: it is connected, and nothing of
-        its own (older) waits in memory."""
+        its own (older) waits in memory or in flight."""
         return (
             use.producer.ready
+            and not use.in_flight
+            and not use.parked
             and not any(retry.box.use is use for retry in self._retries)
             and not any(box.use is use and box.messages for box in self._outboxes.values())
         )
@@ -409,7 +446,11 @@ class Publisher:
         return (
             spooling is not None
             and box.config.overflow == "spool"
-            and (spooling.active or any(retry.box.use is box.use for retry in self._retries))
+            and (
+                spooling.active
+                or bool(box.use.parked)
+                or any(retry.box.use is box.use for retry in self._retries)
+            )
         )
 
     def _spills(self, box: _Outbox) -> bool:
@@ -421,6 +462,40 @@ class Publisher:
         assert self._spooling is not None
         self._held -= _size(messages)
         self._spooling.add(box.config.topic, messages)
+
+    def _next_order(self) -> float:
+        """A place in build order after every batch handed over so far."""
+        self._order += 1
+        return self._order
+
+    def _park(self, box: _Outbox, messages: list[Message], order: float, written: bool) -> None:
+        """Send ``messages`` (held in memory) to the spool once no batch of their producer
+        is in flight: a batch in flight may yet fail, and the spool must get it first."""
+        box.use.parked.append(_Parked(order, box, messages, written))
+        self._unpark(box.use)
+
+    def _unpark(self, use: _Use) -> None:
+        """Spool what ``use`` parked, in build order, when nothing of it is in flight."""
+        if use.in_flight or not use.parked:
+            return
+        parked, use.parked = use.parked, []
+        parked.sort(key=lambda entries: entries.order)
+        for entries in parked:
+            self._spill(entries.box, entries.messages)
+        self.buffer.wake()
+
+    def _park_new(self, box: _Outbox, message: Message) -> None:
+        """Park a newly built entry (see ``_park``), after everything handed over and
+        after what its outbox holds (built before it)."""
+        parked = box.use.parked
+        if box.messages:
+            messages, box.messages = box.messages, []
+            parked.append(_Parked(self._next_order(), box, messages, False))
+        last = parked[-1] if parked else None
+        if last is not None and last.order == self._order and last.box is box:
+            last.messages.append(message)
+        else:
+            parked.append(_Parked(self._next_order(), box, [message], False))
 
     def _due_in(self, box: _Outbox, now: float) -> float | None:
         """Seconds until ``box`` is to be handed over (<= 0: now); None when empty."""
@@ -469,7 +544,11 @@ class Publisher:
                         continue
                 if to_disk:
                     assert self._spooling is not None
-                    self._spooling.add(config.topic, [message])
+                    if (box.use.in_flight or box.use.parked) and self._held + size <= bound:
+                        self._held += size
+                        self._park_new(box, message)
+                    else:
+                        self._spooling.add(config.topic, [message])
                     continue
                 self._held += size
                 if not box.messages:
@@ -537,6 +616,9 @@ class Publisher:
             due = self._due_in(box, now)
             if due is None:
                 del self._outboxes[key]
+            elif box.use.parked and self._spills(box):  # they follow what is parked
+                messages, box.messages = box.messages, []
+                self._park(box, messages, self._next_order(), False)
             elif box.use.producer.ready and (due <= 0 or self._stopping):
                 messages, box.messages = box.messages, []
                 if box.config.producer_async:
@@ -553,7 +635,7 @@ class Publisher:
                 # Waiting for a connection: on disk after a sync interval (or at shutdown),
                 # so that a crash loses no more than that.
                 messages, box.messages = box.messages, []
-                self._spill(box, messages)
+                self._park(box, messages, self._next_order(), False)
 
     def _encode(self, request: CapturedRequest) -> tuple[KafkaLogConfig, Message] | None:
         try:
@@ -599,23 +681,37 @@ class Publisher:
         return fitted
 
     async def _hand_over(
-        self, box: _Outbox, messages: list[Message], attempt: int, written_before: bool = False
+        self,
+        box: _Outbox,
+        messages: list[Message],
+        attempt: int,
+        written_before: bool = False,
+        order: tuple[float, float] | None = None,
     ) -> None:
-        """Give ``messages`` to their (connected) producer; failures are retried."""
+        """Give ``messages`` to their (connected) producer; failures are retried.
+        ``order``: theirs in build order (see ``_Attempt.order``); None: the next."""
         use = box.use
         use.in_flight += len(messages)
         use.last_used = time.monotonic()
-        on_done = self._on_done_for(box, attempt, written_before, messages)
+        if order is None:
+            self._order += 1
+            order = (self._order, 1.0)
+        on_done = self._on_done_for(box, attempt, written_before, messages, order)
         try:
             await use.producer.send(box.config.topic, messages, on_done)
         except Exception as exc:  # a backend failing outright: count, never lose
             on_done(0, messages, Failure(Verdict.RETRY, type(exc).__name__), False)
 
     def _on_done_for(
-        self, box: _Outbox, attempt: int, written_before: bool, messages: list[Message]
+        self,
+        box: _Outbox,
+        attempt: int,
+        written_before: bool,
+        messages: list[Message],
+        order: tuple[float, float],
     ) -> OnDone:
         """The delivery report of one attempt (see ``_Attempt``)."""
-        return _Attempt(self, box, attempt, written_before, messages)
+        return _Attempt(self, box, attempt, written_before, messages, order)
 
     def _reported(
         self,
@@ -643,17 +739,12 @@ class Publisher:
             if resent and not attempt.written_before:  # the client re-sent them itself
                 self.buffer.count_retried(delivered)
         if failed and failure is not None:
-            self._failed(attempt.box, attempt.number, failed, failure, attempt.written_before)
+            self._failed(attempt, failed, failure)
+        self._unpark(attempt.box.use)
 
-    def _failed(
-        self,
-        box: _Outbox,
-        attempt: int,
-        messages: list[Message],
-        failure: Failure,
-        written_before: bool,
-    ) -> None:
-        """Retry, split or give up ``messages`` (``written_before``: see ``_on_done_for``)."""
+    def _failed(self, report: _Attempt, messages: list[Message], failure: Failure) -> None:
+        """Retry, split or give up ``messages`` (``written_before``: see ``_Attempt``)."""
+        box, attempt, written_before = report.box, report.number, report.written_before
         maybe_written = written_before or failure.maybe_written
         newly_uncertain = len(messages) if maybe_written and not written_before else 0
         verdict = failure.verdict
@@ -662,14 +753,21 @@ class Publisher:
             # so one oversized entry does not take its neighbours down with it.
             half = len(messages) // 2
             now = time.monotonic()
-            for part in (messages[half:], messages[:half]):
-                self._retries.appendleft(_Retry(box, part, attempt, now, maybe_written))
+            span = report.span / 2
+            for part, order in (
+                (messages[half:], report.order + span),
+                (messages[:half], report.order),
+            ):
+                self._retries.appendleft(
+                    _Retry(box, part, attempt, now, maybe_written, order, span)
+                )
             self._requeued(newly_uncertain)
             return
         config = box.config
         attempts = config.producer_request_retries_max_attempts
         if verdict is Verdict.RETRY and self._spills(box):
-            self._spill(box, messages)  # replayed in order, once Kafka takes entries again
+            # Replayed in order once Kafka takes entries again, after older batches.
+            self._park(box, messages, report.order, maybe_written)
             self._requeued(newly_uncertain)
             return
         if (
@@ -683,7 +781,9 @@ class Publisher:
                     max(backoff, 0.05) * 2 ** min(attempt - attempts, 16), _RETRY_BACKOFF_MAX
                 )
             due = time.monotonic() + backoff
-            self._retries.append(_Retry(box, messages, attempt + 1, due, maybe_written))
+            self._retries.append(
+                _Retry(box, messages, attempt + 1, due, maybe_written, report.order, report.span)
+            )
             self._requeued(newly_uncertain)
             return
         self._held -= _size(messages)
@@ -734,12 +834,19 @@ class Publisher:
             if not producer.ready and self._stopping and self._spills(retry.box):
                 if retry.maybe_written:
                     self.buffer.count_retried(len(retry.messages))
-                self._spill(retry.box, retry.messages)  # no connection to wait for now
+                # No connection to wait for now.
+                self._park(retry.box, retry.messages, retry.order or self._next_order(), False)
                 continue
             if not producer.ready or (retry.due > now and not self._stopping):
                 waiting.append(retry)
                 continue
-            await self._hand_over(retry.box, retry.messages, retry.attempt, retry.maybe_written)
+            await self._hand_over(
+                retry.box,
+                retry.messages,
+                retry.attempt,
+                retry.maybe_written,
+                (retry.order, retry.span) if retry.order else None,
+            )
         waiting.extend(self._retries)  # those added meanwhile
         self._retries = waiting
 

@@ -1512,6 +1512,32 @@ async def test_a_failed_batch_is_spooled_and_what_follows_keeps_its_place(
         assert rig.counts("delivered", "dropped", "replayed")["dropped"] == 0
 
 
+async def test_batches_failing_out_of_order_reach_the_spool_in_build_order(
+    scripted: Scripted, tmp_path: Any
+) -> None:
+    """The later of two batches in flight fails first, entries are built meanwhile, the
+    earlier batch fails last (a client timing them out, or replaced): the spool, and Kafka
+    after it, still get every entry in the order it was built."""
+    scripted.respond = in_turn(Keep.HELD, Keep.HELD, then=DELIVER)
+    settings = spooling(tmp_path, producer_request_limits_messages_per_request=3)
+    async with Rig(scripted, settings) as rig:
+        rig.put(3)
+        await rig.handed_over(1)
+        rig.put(3)
+        await rig.handed_over(2)
+        first, second = rig.producer.held()
+        rig.producer.report(second, RETRY)
+        rig.put(3)
+        await rig.quiet()
+        # Held in memory behind the batch still in flight, not on disk ahead of it.
+        assert rig.counts("spooled", "delivered") == {"spooled": 0, "delivered": 0}
+        rig.producer.report(first, RETRY)
+        await rig.settled()
+        delivered = [i for h in rig.handovers() if h.outcome == DELIVER for i in h.ids]
+        assert delivered == list(range(9))
+        assert rig.counts("replayed", "dropped") == {"replayed": 9, "dropped": 0}
+
+
 async def test_at_shutdown_with_kafka_down_entries_are_spooled_and_a_later_process_sends_them(
     scripted: Scripted, tmp_path: Any
 ) -> None:
