@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -64,7 +66,11 @@ class Report:
     """Load requests served whose entry never reached Kafka."""
     duplicates: int = 0
     out_of_order: int = 0
-    """Entries that reached Kafka before one their worker built earlier (first copies)."""
+    """First copies out of their worker's build order: how many would have to move (the
+    entries outside the longest in-order run)."""
+    order_breaks: list[tuple[int, int]] = field(default_factory=list)
+    """The first few places where an entry follows one its worker built later:
+    (``soak_seq`` before, ``soak_seq`` after)."""
     final_stats: dict[str, int] = field(default_factory=dict)
     p50_ms: float = 0.0
     p99_ms: float = 0.0
@@ -348,7 +354,7 @@ def _read_back(bootstrap: str, topic: str, report: Report) -> None:
     expected = report.served - report.final_stats.get("dropped", 0)  # those counted lost
     records = asyncio.run(consume(bootstrap, topic, expected, timeout=120, settle=2))
     numbers = []
-    last: dict[int, int] = {}  # worker pid -> highest soak_seq seen
+    sequences: dict[int, list[int]] = {}  # worker pid -> its soak_seq in Kafka's order
     seen: set[tuple[int, int]] = set()
     for record in records:
         entry = orjson.loads(record.value) if record.value else {}
@@ -356,15 +362,25 @@ def _read_back(bootstrap: str, topic: str, report: Report) -> None:
         if "n" in query:
             numbers.append(int(query["n"]))
         worker, seq = entry.get("soak_seq", (0, -1))
-        if (worker, seq) in seen:
-            continue  # a duplicate: its first copy was in order or not
-        seen.add((worker, seq))
-        if seq < last.get(worker, -1):
-            report.out_of_order += 1
-        last[worker] = max(seq, last.get(worker, -1))
+        if (worker, seq) not in seen:  # a duplicate's first copy was in order or not
+            seen.add((worker, seq))
+            sequences.setdefault(worker, []).append(seq)
     unique = set(numbers)
     report.duplicates = len(numbers) - len(unique)
     report.lost = max(expected - len(unique), 0)
+    for sequence in sequences.values():
+        report.out_of_order += len(sequence) - _longest_increasing(sequence)
+        breaks = [(a, b) for a, b in itertools.pairwise(sequence) if b < a]
+        report.order_breaks += breaks[: 10 - len(report.order_breaks)]
+
+
+def _longest_increasing(values: list[int]) -> int:
+    """The length of the longest strictly increasing subsequence of ``values``."""
+    tails: list[int] = []
+    for value in values:
+        at = bisect.bisect_left(tails, value)
+        tails[at : at + 1] = [value]
+    return len(tails)
 
 
 def _report_of(data: dict[str, Any]) -> Report:
@@ -440,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, (start, end) in report.leaks().items():
         print(f"  {name:8} {start:10.0f} -> {end:10.0f}")
+    if report.order_breaks:
+        print(f"  order breaks (seq before, after): {report.order_breaks}")
     print(f"  final stats {report.final_stats}\n  {path}")
     return 0
 
