@@ -27,7 +27,7 @@ from . import _log
 from .buffer import LogBuffer
 from .capture import DOOR_KEY, CapturedRequest
 from .config import KafkaLogConfig, KafkaLogFields
-from .filters import EXCLUDED
+from .filters import EXCLUDED, excluded
 from .pipeline import Pipeline, config_of, update_config_of
 from .producers import Producer
 from .publisher import Resolver
@@ -106,8 +106,7 @@ class KafkaLogMiddleware:
         if publisher is None or publisher.loop is not _running_loop():
             pipeline.start()
         config = pipeline.config
-        excluded = config.exclude_paths.test
-        if excluded is not None and excluded(scope.get("path", "")):
+        if config.exclude_paths and excluded(config.exclude_paths, scope.get("path", "")):
             pipeline.buffer.skip()
             scope[DOOR_KEY] = EXCLUDED  # an inner Django entry does not log it either
             await self.app(scope, receive, send)

@@ -255,10 +255,10 @@ class KafkaLogConfig:
     """Kafka client: ``"aiokafka"`` (pure Python) or ``"confluent"`` (librdkafka, an extra)."""
     native_serializer: bool = True
     """Encode entries with the compiled serializer when it is installed (same output)."""
-    exclude_paths: PathPatterns = NO_PATHS
+    exclude_paths: tuple[str, ...] = NO_PATHS
     """Paths never logged, checked on the request path: exact (``/health``), ``*`` within
     a segment, a trailing ``/**`` for everything below (see ``filters.py``); counted
-    ``skipped``. A tuple of the patterns, with their compiled ``test`` for the doors."""
+    ``skipped``. Once checked, a ``PathPatterns``: a tuple with its compiled test."""
     should_log: Hook | None = None
     """Returns truthy to log the request (e.g. only 5xx, or a sample); runs in the
     background before the entry is built; refused ones are counted ``skipped``."""

@@ -33,6 +33,7 @@ from .background import BackgroundPipeline
 from .capture import DOOR_KEY, CapturedRequest
 from .config import InvalidConfig, KafkaLogConfig
 from .environ import scope_of
+from .filters import excluded
 from .routes import MatchedRoute
 from .types import Scope
 from .wsgi import ROUTE_KEY, carry_app_facts
@@ -97,8 +98,8 @@ class KafkaLogMiddleware:
     def _capture(self, request: HttpRequest) -> DjangoRequest | None:
         """The request's capture; None when ``exclude_paths`` excludes it (counted)."""
         pipeline = self._background.started()
-        excluded = pipeline.config.exclude_paths.test
-        if excluded is not None and excluded(request.path):
+        paths = pipeline.config.exclude_paths
+        if paths and excluded(paths, request.path):
             pipeline.buffer.skip_threadsafe()
             return None
         asgi_scope = getattr(request, "scope", None)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 PathTest = Callable[[str], bool]
 """True for a path ``exclude_paths`` excludes."""
+_NOTHING: frozenset[str] = frozenset()
 EXCLUDED = "excluded"
 """The door key's value on a request a door excluded (an inner door leaves it alone)."""
 
@@ -47,13 +48,20 @@ def check_path_pattern(pattern: str) -> str:
 class PathPatterns(tuple[str, ...]):
     """``exclude_paths`` as checked: the patterns, and their ``test`` compiled once."""
 
-    test: PathTest | None
-    """The doors' test of a request's path (None: no patterns, nothing to test)."""
+    test: PathTest
+    """True for a path the patterns match."""
 
     def __new__(cls, patterns: Iterable[str]) -> PathPatterns:
         self = super().__new__(cls, patterns)
-        self.test = path_test(self)
+        self.test = path_test(self) or _NOTHING.__contains__
         return self
+
+
+def excluded(patterns: tuple[str, ...], path: str) -> bool:
+    """True when ``path`` matches ``patterns`` (a config's ``exclude_paths``: the doors
+    skip the call when it is empty, so a config without filters costs a length test)."""
+    test: PathTest = patterns.test  # type: ignore[attr-defined]  # a PathPatterns, checked
+    return test(path)
 
 
 def path_test(patterns: Iterable[str]) -> PathTest | None:

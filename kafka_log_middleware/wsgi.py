@@ -24,7 +24,7 @@ from .capture import DOOR_KEY, CapturedRequest
 from .config import KafkaLogConfig, KafkaLogFields
 from .custom_fields import EDITS_KEY
 from .environ import request_path, scope_of
-from .filters import EXCLUDED
+from .filters import EXCLUDED, excluded
 from .gateway import UPSTREAM_KEY
 from .pipeline import config_of, update_config_of
 from .producers import Producer
@@ -79,8 +79,7 @@ class KafkaLogWSGIMiddleware:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         pipeline = self._background.started()
         config = pipeline.config
-        excluded = config.exclude_paths.test
-        if excluded is not None and excluded(request_path(environ)):
+        if config.exclude_paths and excluded(config.exclude_paths, request_path(environ)):
             pipeline.buffer.skip_threadsafe()
             environ[DOOR_KEY] = EXCLUDED  # an inner Django entry does not log it either
             return self.app(environ, start_response)
