@@ -6,9 +6,12 @@ with the entry an unfiltered twin middleware gives for the same request."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -19,14 +22,22 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from kafka_log_middleware import InvalidConfig, KafkaLogConfig, KafkaLogMiddleware, _log
-from kafka_log_middleware.capture import CapturedRequest
+from kafka_log_middleware import (
+    InvalidConfig,
+    KafkaLogConfig,
+    KafkaLogMiddleware,
+    KafkaLogWSGIMiddleware,
+    _log,
+)
+from kafka_log_middleware.capture import DOOR_KEY, CapturedRequest
 from kafka_log_middleware.environ import request_path
-from kafka_log_middleware.filters import path_test
+from kafka_log_middleware.filters import EXCLUDED, path_test
 from kafka_log_middleware.flask import KafkaLog
+from kafka_log_middleware.types import Message, Receive, Scope, Send
 from tests.asgi_driver import http_scope, lifespan, request
 from tests.kafka_helpers import consume, unique_topic
-from tests.scripted import invariant_problems
+from tests.scripted import Rig, Scripted, invariant_problems, request_number
+from tests.scripted import config as scripted_config
 from tests.test_integration import check_and_strip_variable_fields
 
 pytestmark = pytest.mark.timeout(120)
@@ -322,3 +333,97 @@ def test_the_flask_extension_filters_through_the_wsgi_door(kafka_bootstrap: str)
     assert (stats["enqueued"], stats["delivered"]) == (count - 2, len(logged)), stats
     assert (stats["skipped_exclude_paths"], stats["skipped_should_log"]) == (2, 1), stats
     assert stats["skipped"] == 3 and not invariant_problems(stats), stats
+
+
+# -- the doors serve an excluded request untouched; the publisher asks should_log first -----
+
+
+@pytest.fixture
+def scripted() -> Iterator[Scripted]:
+    with Scripted().installed() as maker:
+        yield maker
+
+
+async def test_the_asgi_door_hands_an_excluded_request_the_servers_own_callables(
+    scripted: Scripted,
+) -> None:
+    seen: list[tuple[Any, Any, Any]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # no lifespan: the door speaks it
+        seen.append((scope.get(DOOR_KEY), receive, send))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = KafkaLogMiddleware(app, scripted_config(exclude_paths=["/health"]))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    async with lifespan(middleware):
+        await middleware(http_scope("/health"), receive, send)
+        await middleware(http_scope("/items"), receive, send)
+    assert seen[0] == (EXCLUDED, receive, send)  # untouched, only marked for an inner door
+    assert seen[1][0] == "asgi" and seen[1][1:] != (receive, send)
+    stats = middleware.stats()
+    assert (stats["enqueued"], stats["delivered"], stats["skipped_exclude_paths"]) == (1, 1, 1)
+
+
+def test_the_wsgi_door_returns_an_excluded_requests_response_itself_and_counts_per_thread(
+    scripted: Scripted,
+) -> None:
+    body = [b"ok"]
+    calls: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        calls.append(start_response)
+        start_response("200 OK", [])
+        return body
+
+    middleware = KafkaLogWSGIMiddleware(app, scripted_config(exclude_paths=["/health"]))
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        return None
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/health", "wsgi.input": io.BytesIO()}
+    assert middleware(environ, start_response) is body
+    assert calls == [start_response] and environ[DOOR_KEY] == EXCLUDED
+
+    def serve_many() -> None:
+        for _ in range(500):
+            middleware({"PATH_INFO": "/health"}, start_response)
+
+    threads = [threading.Thread(target=serve_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    middleware.close()
+    stats = middleware.stats()
+    assert (stats["skipped_exclude_paths"], stats["enqueued"]) == (2001, 0), stats
+
+
+async def test_should_log_runs_before_the_resolver_and_the_sum_holds(scripted: Scripted) -> None:
+    """Refused entries are never built, nor given to ``config_resolver``; the Rig checks
+    the accounting after every step."""
+    resolved: list[int] = []
+
+    def resolver(request: CapturedRequest) -> KafkaLogConfig | None:
+        resolved.append(request_number(request))
+        return None
+
+    settings = scripted_config(should_log=lambda request: request_number(request) % 3 == 0)
+    async with Rig(scripted, settings, resolver=resolver) as rig:
+        rig.put(10)
+        await rig.settled()
+        assert [n for batch in rig.batches() for n in batch] == [0, 3, 6, 9] == resolved
+        assert rig.counts("enqueued", "delivered", "skipped_should_log", "pending") == {
+            "enqueued": 10,
+            "delivered": 4,
+            "skipped_should_log": 6,
+            "pending": 0,
+        }
