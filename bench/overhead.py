@@ -365,8 +365,10 @@ def measure(
             delta = {k: after[k] - before[k] for k in ("enqueued", "delivered", "dropped")}
             result["stats"] = after
             result["run_delta"] = delta
+            settled = after["delivered"] + after["dropped"] + after["uncertain"]
+            settled += after["skipped_should_log"]
             result["accounting_ok"] = (
-                after["enqueued"] == after["delivered"] + after["dropped"] + after["pending"]
+                after["enqueued"] == settled + after["pending"]
                 and delta["enqueued"] >= result["requests"]
             )
             if variant.broker_up:

@@ -120,8 +120,8 @@ def overhead_section(data: dict[str, Any]) -> list[str]:
         "![requests/s per variant](benchmarks-overhead.png)",
         "",
         f"Socket errors and non-2xx responses in all runs: {errors}. After every middleware "
-        "run, `GET /_stats` checked `enqueued == delivered + dropped + pending` with every "
-        "request of the run enqueued: "
+        "run, `GET /_stats` checked `enqueued == delivered + dropped + uncertain + "
+        "skipped_should_log + pending` with every request of the run enqueued: "
         + ("held in every run" if all(r["accounting_ok"] for r in checked) else "**FAILED**")
         + "; with the broker up, every entry was delivered (nothing pending or dropped after "
         "the drain): "

@@ -83,12 +83,11 @@ class Report:
     """Seconds into the run when the broker was down: (from, to)."""
 
     def balanced(self) -> bool:
-        """``enqueued == delivered + dropped + uncertain + pending`` at the end."""
+        """``enqueued == delivered + dropped + uncertain + skipped_should_log + pending``
+        at the end."""
         s = self.final_stats
-        return (
-            bool(s)
-            and s["enqueued"] == s["delivered"] + s["dropped"] + s["uncertain"] + s["pending"]
-        )
+        settled = s["delivered"] + s["dropped"] + s["uncertain"] + s.get("skipped_should_log", 0)
+        return bool(s) and s["enqueued"] == settled + s["pending"]
 
     def leaks(self) -> dict[str, tuple[float, float]]:
         """Each resource's (start, end) reading, medians of the second and last tenth of

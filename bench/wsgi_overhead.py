@@ -148,6 +148,7 @@ def measure(
             result["stats"] = after
             result["run_enqueued"] = after["enqueued"] - before["enqueued"]
             settled = after["delivered"] + after["dropped"] + after["uncertain"]
+            settled += after["skipped_should_log"]
             result["accounting_ok"] = after["enqueued"] == settled + after["pending"]
             if variant.broker_up:
                 result["all_delivered"] = after["pending"] == 0 and after["dropped"] == 0

@@ -75,7 +75,8 @@ async def boom() -> None:
 
 @api.get("/_kafka_log/stats")
 async def stats(request: Request) -> dict[str, int]:
-    """The middleware's counters: enqueued == delivered + dropped + pending."""
+    """The middleware's counters: enqueued == delivered + dropped + uncertain +
+    skipped_should_log + pending."""
     middleware = find_middleware(request.app)
     return middleware.stats() if middleware is not None else {}
 

@@ -67,7 +67,8 @@ def boom() -> NoReturn:
 
 @app.get("/_kafka_log/stats")
 def stats() -> dict[str, int]:
-    """This worker's counters: enqueued == delivered + dropped + uncertain + pending."""
+    """This worker's counters: enqueued == delivered + dropped + uncertain +
+    skipped_should_log + pending."""
     return KafkaLog.middleware(current_app).stats()
 
 

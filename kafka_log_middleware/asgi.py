@@ -27,6 +27,7 @@ from . import _log
 from .buffer import LogBuffer
 from .capture import DOOR_KEY, CapturedRequest
 from .config import KafkaLogConfig, KafkaLogFields
+from .filters import EXCLUDED, excluded
 from .pipeline import Pipeline, config_of, update_config_of
 from .producers import Producer
 from .publisher import Resolver
@@ -104,8 +105,14 @@ class KafkaLogMiddleware:
         publisher = pipeline.publisher
         if publisher is None or publisher.loop is not _running_loop():
             pipeline.start()
+        config = pipeline.config
+        if config.exclude_paths and excluded(config.exclude_paths, scope.get("path", "")):
+            pipeline.buffer.skip()
+            scope[DOOR_KEY] = EXCLUDED  # an inner Django entry does not log it either
+            await self.app(scope, receive, send)
+            return
         scope[DOOR_KEY] = "asgi"
-        request = ASGIRequest(scope, pipeline.config, receive, send)
+        request = ASGIRequest(scope, config, receive, send)
         try:
             await self.app(scope, request.receive, request.send)
         except asyncio.CancelledError:
@@ -203,8 +210,8 @@ class KafkaLogMiddleware:
 
     def stats(self) -> dict[str, int]:
         """``enqueued``, ``delivered``, ``dropped``, ``uncertain``, ``pending``,
-        ``buffered``, ``retried`` and ``dropped_<reason>`` counts;
-        ``enqueued == delivered + dropped + uncertain + pending``."""
+        ``buffered``, ``retried``, ``dropped_<reason>`` and ``skipped`` counts;
+        ``enqueued == delivered + dropped + uncertain + skipped_should_log + pending``."""
         if self._pipeline is None:
             return LogBuffer(1).stats()  # nothing logged yet
         return self._pipeline.stats()

@@ -2,8 +2,10 @@
 
 Every captured request is counted as enqueued; from then on it is pending until it is
 delivered (acknowledged by Kafka), dropped with a reason, or given up as uncertain (it
-may have reached Kafka: its last attempt timed out, or it was in flight at shutdown). So
-at every moment ``enqueued == delivered + dropped + uncertain + pending``. The bound
+may have reached Kafka: its last attempt timed out, or it was in flight at shutdown), or
+skipped by the ``should_log`` hook. So at every moment ``enqueued == delivered + dropped +
+uncertain + skipped_should_log + pending``. Requests ``exclude_paths`` excludes are
+never enqueued: they are only counted (``skipped_exclude_paths``). The bound
 applies to pending entries (buffered, being encoded, or handed to Kafka and not yet
 acknowledged): memory stays bounded while Kafka is down, and the overflow is counted,
 never silent. Past the bound the new entry is refused (``drop_newest``, Kong's), or, with
@@ -14,7 +16,8 @@ refused after all).
 Threads: the publisher (its event loop's thread) takes entries and settles them; a door
 puts them, from that loop (``put``, ASGI) or from any other thread (``put_threadsafe``,
 WSGI workers). Each counter has one writer side: ``enqueued`` and ``full`` the putting
-side (under a small lock when several threads put), the rest the loop.
+side (under a small lock when several threads put), and so ``skipped_paths``; the rest
+the loop.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class LogBuffer:
         "replayed",
         "retried",
         "settled",
+        "skipped_hook",
+        "skipped_paths",
         "spool_corrupt",
         "spooled",
         "truncated",
@@ -120,6 +125,10 @@ class LogBuffer:
         """Entries cut to fit the size limit (``max_entry_bytes``); informational: they
         are delivered or dropped like any other."""
         self.drops = dict.fromkeys(DROP_REASONS, 0)
+        self.skipped_paths = 0
+        """Requests ``exclude_paths`` excluded: never enqueued, only counted."""
+        self.skipped_hook = 0
+        """Entries the ``should_log`` hook refused: enqueued, then settled unlogged."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -175,6 +184,20 @@ class LogBuffer:
             # A closed loop raises RuntimeError: whoever takes over looks at the buffer.
             with contextlib.suppress(RuntimeError):
                 waiter.get_loop().call_soon_threadsafe(self._wake)
+
+    def skip(self) -> None:
+        """Count one request ``exclude_paths`` excluded, from the publisher's own loop."""
+        self.skipped_paths += 1
+
+    def skip_threadsafe(self) -> None:
+        """Count one request ``exclude_paths`` excluded, from any thread."""
+        with self._lock:
+            self.skipped_paths += 1
+
+    def skip_by_hook(self) -> None:
+        """Count one entry the ``should_log`` hook refused (it is no longer pending)."""
+        self.settled += 1
+        self.skipped_hook += 1
 
     def _refuse(self) -> None:
         self.full += 1
@@ -277,25 +300,28 @@ class LogBuffer:
         self.truncated += 1
 
     def stats(self) -> dict[str, int]:
-        """Counters as a dict; ``enqueued == delivered + dropped + uncertain + pending``."""
+        """Counters as a dict; ``enqueued == delivered + dropped + uncertain +
+        skipped_should_log + pending``."""
         # Read from any thread while others count: settled counters first, then ``full``,
         # then the buffer's length, then ``enqueued`` (each entry is enqueued before it is
         # buffered, and leaves the buffer before it settles), and derive the totals from
         # the values read, so that the invariant (and buffered <= pending) holds in every
         # snapshot.
         delivered, uncertain, recovered = self.delivered, self.uncertain, self.recovered
+        skipped_hook = self.skipped_hook
         drops = dict(self.drops)
         drops["buffer_full"] += self.full
         buffered = len(self._items)
         spooled = self.spooled
         enqueued = self.enqueued + recovered
+        skipped_paths = self.skipped_paths
         dropped = sum(drops.values())
         stats = {
             "enqueued": enqueued,
             "delivered": delivered,
             "dropped": dropped,
             "uncertain": uncertain,
-            "pending": enqueued - delivered - dropped - uncertain,
+            "pending": enqueued - delivered - dropped - uncertain - skipped_hook,
             "buffered": buffered,
             "spooled": spooled,
             "replayed": self.replayed,
@@ -303,6 +329,9 @@ class LogBuffer:
             "spool_corrupt": self.spool_corrupt,
             "retried": self.retried,
             "truncated": self.truncated,
+            "skipped": skipped_paths + skipped_hook,
+            "skipped_exclude_paths": skipped_paths,
+            "skipped_should_log": skipped_hook,
         }
         for reason, count in drops.items():
             stats["dropped_" + reason] = count

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack, cast
 import orjson
 
 from . import _log
+from .filters import NO_PATHS, PathPatterns, check_path_pattern
 from .routes import matched_route
 from .security import (
     Authentication,
@@ -139,6 +140,8 @@ class KafkaLogFields(TypedDict, total=False):
     security: Mapping[str, Any] | TlsSettings | ssl.SSLContext | None
     producer_backend: Backend
     native_serializer: bool
+    exclude_paths: Iterable[str]
+    should_log: Hook | None
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False, kw_only=True)
@@ -252,6 +255,13 @@ class KafkaLogConfig:
     """Kafka client: ``"aiokafka"`` (pure Python) or ``"confluent"`` (librdkafka, an extra)."""
     native_serializer: bool = True
     """Encode entries with the compiled serializer when it is installed (same output)."""
+    exclude_paths: tuple[str, ...] = NO_PATHS
+    """Paths never logged, checked on the request path: exact (``/health``), ``*`` within
+    a segment, a trailing ``/**`` for everything below (see ``filters.py``); counted
+    ``skipped``. Once checked, a ``PathPatterns``: a tuple with its compiled test."""
+    should_log: Hook | None = None
+    """Returns truthy to log the request (e.g. only 5xx, or a sample); runs in the
+    background before the entry is built; refused ones are counted ``skipped``."""
 
     def __post_init__(self) -> None:
         # Each field is checked and normalised in declaration order (the first bad one is
@@ -506,7 +516,9 @@ class KafkaLogConfig:
 
 # -- environment ------------------------------------------------------------------------
 
-_HOOKS = frozenset({"route", "consumer", "authenticated_entity", "custom_fields", "key"})
+_HOOKS = frozenset(
+    {"route", "consumer", "authenticated_entity", "custom_fields", "key", "should_log"}
+)
 """Fields that hold functions: they cannot come from the environment."""
 _INT_FIELDS = frozenset(
     {
@@ -551,6 +563,8 @@ def _parse_env(name: str, raw: str) -> Any:
         raise ValueError("expected true or false")
     if name in ("redact_headers", "redact_response_headers", "redact_query_args"):
         return tuple(h.strip() for h in raw.split(",") if h.strip())
+    if name == "exclude_paths":
+        return _parse_paths(raw)
     if name in _JSON_EXAMPLES:
         return _parse_object(raw, name)
     if name in ("key_query_arg", "request_id_header", "workspace", "spool_dir"):
@@ -564,6 +578,19 @@ _JSON_EXAMPLES = {
     "security": '{"ssl": true}',
 }
 """The fields given as JSON objects in the environment, and the example their errors show."""
+
+
+def _parse_paths(raw: str) -> tuple[str, ...]:
+    """Comma-separated paths, or a JSON list (for a path with a comma in it)."""
+    if not raw.strip().startswith("["):
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise ValueError('expected paths separated by commas, or a JSON list: ["/health"]')
+    return tuple(value)
 
 
 def _parse_object(raw: str, name: str) -> dict[str, Any] | None:
@@ -856,6 +883,20 @@ def _custom_fields(name: str, value: Any) -> dict[str, Hook]:
     return fields
 
 
+def _path_patterns(name: str, value: Any) -> PathPatterns:
+    """``exclude_paths``: patterns of ``filters.py``'s grammar, each checked."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidConfigType(name, f"{name} must be a list of paths, not {_kind(value)}")
+    patterns = []
+    for item in value:
+        pattern = _text(name, item, empty=False)
+        try:
+            patterns.append(check_path_pattern(pattern))
+        except ValueError as exc:
+            raise InvalidConfig(name, f"{name}: {exc}") from None
+    return PathPatterns(dict.fromkeys(patterns))
+
+
 def _security_check(check: Callable[[str, Any], Any]) -> Check:
     """A check of ``security.py`` whose refusals are ``InvalidConfig``s."""
 
@@ -938,6 +979,8 @@ _CHECKS: dict[str, Check] = {
     "security": _security_check(check_security),
     "producer_backend": _choice(*_BACKENDS),
     "native_serializer": _bool,
+    "exclude_paths": _path_patterns,
+    "should_log": _optional(_hook),
 }
 """Every field's check, in declaration order (a test holds it to the fields)."""
 

@@ -33,6 +33,7 @@ from .background import BackgroundPipeline
 from .capture import DOOR_KEY, CapturedRequest
 from .config import InvalidConfig, KafkaLogConfig
 from .environ import scope_of
+from .filters import excluded
 from .routes import MatchedRoute
 from .types import Scope
 from .wsgi import ROUTE_KEY, carry_app_facts
@@ -40,7 +41,7 @@ from .wsgi import ROUTE_KEY, carry_app_facts
 _perf = time.perf_counter
 USER_KEY = "kafka_log_middleware.django_user"
 """Scope key of the authenticated user's ``(id, username)`` (see ``authenticated_user``)."""
-_HOOK_FIELDS = ("route", "consumer", "authenticated_entity", "key")
+_HOOK_FIELDS = ("route", "consumer", "authenticated_entity", "key", "should_log")
 GetResponse = Callable[[HttpRequest], Any]
 
 
@@ -72,6 +73,8 @@ class KafkaLogMiddleware:
             _record_route_for_door(request)
             return response
         capture = self._capture(request)
+        if capture is None:
+            return self.get_response(request)
         response = self.get_response(request)
         _responded(capture, request, response)
         return response
@@ -86,12 +89,19 @@ class KafkaLogMiddleware:
             self._server_checked = True
             _warn_if_uvicorn()
         capture = self._capture(request)
+        if capture is None:
+            return await get_response(request)
         response = await get_response(request)
         _responded(capture, request, response)
         return response
 
-    def _capture(self, request: HttpRequest) -> DjangoRequest:
+    def _capture(self, request: HttpRequest) -> DjangoRequest | None:
+        """The request's capture; None when ``exclude_paths`` excludes it (counted)."""
         pipeline = self._background.started()
+        paths = pipeline.config.exclude_paths
+        if paths and excluded(paths, request.path):
+            pipeline.buffer.skip_threadsafe()
+            return None
         asgi_scope = getattr(request, "scope", None)
         scope = dict(asgi_scope) if asgi_scope is not None else scope_of(request.META)
         return DjangoRequest(scope, pipeline.config, pipeline.buffer.put_threadsafe)

@@ -59,6 +59,13 @@ def scope_of(environ: dict[str, Any]) -> Scope:
     return scope
 
 
+def request_path(environ: dict[str, Any]) -> str:
+    """The request's whole path (``SCRIPT_NAME`` + ``PATH_INFO``), decoded as ASGI's
+    ``scope["path"]`` is: what ``exclude_paths`` is matched against."""
+    get = environ.get
+    return _unwsgi(get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/"
+
+
 def _header_name(key: str) -> bytes | None:
     """``HTTP_X_FORWARDED_FOR`` → ``b"x-forwarded-for"``, other keys → None; remembered.
     A character beyond latin-1 (a server that upper-cased the micro sign) becomes ``?``."""

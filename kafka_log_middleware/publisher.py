@@ -7,7 +7,8 @@ buffer of captured requests stays small even while Kafka is down: what waits is 
 bytes that the garbage collector need not scan. An outbox is handed to its producer,
 once connected, when it holds a batch (``producer_request_limits_messages_per_request``)
 or its oldest entry has waited ``producer_async_flush_timeout`` (Kong's flush timer).
-Each entry ends delivered, dropped with a reason, or uncertain (see ``buffer.py``);
+Each entry ends delivered, dropped with a reason, or uncertain (see ``buffer.py``), or
+is skipped unbuilt when the ``should_log`` hook refuses it;
 failed batches are retried with backoff up to ``producer_request_retries_max_attempts``
 times. A retry after an attempt that may have reached Kafka may duplicate its entries:
 those are counted as ``retried``, and entries given up after such an attempt as
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from . import _log, truncation
+from . import _log, filters, truncation
 from .buffer import LogBuffer
 from .capture import CapturedRequest
 from .config import KafkaLogConfig
@@ -638,6 +639,9 @@ class Publisher:
                 self._park(box, messages, self._next_order(), False)
 
     def _encode(self, request: CapturedRequest) -> tuple[KafkaLogConfig, Message] | None:
+        if request.config.should_log is not None and not filters.should_log(request):
+            self.buffer.skip_by_hook()
+            return None
         try:
             if self._resolver is not None:
                 chosen = self._resolver(request)

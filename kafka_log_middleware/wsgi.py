@@ -23,7 +23,8 @@ from .buffer import LogBuffer
 from .capture import DOOR_KEY, CapturedRequest
 from .config import KafkaLogConfig, KafkaLogFields
 from .custom_fields import EDITS_KEY
-from .environ import scope_of
+from .environ import request_path, scope_of
+from .filters import EXCLUDED, excluded
 from .gateway import UPSTREAM_KEY
 from .pipeline import config_of, update_config_of
 from .producers import Producer
@@ -77,8 +78,13 @@ class KafkaLogWSGIMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         pipeline = self._background.started()
+        config = pipeline.config
+        if config.exclude_paths and excluded(config.exclude_paths, request_path(environ)):
+            pipeline.buffer.skip_threadsafe()
+            environ[DOOR_KEY] = EXCLUDED  # an inner Django entry does not log it either
+            return self.app(environ, start_response)
         environ[DOOR_KEY] = "wsgi"
-        request = WSGIRequest(environ, pipeline.config, start_response, pipeline.buffer)
+        request = WSGIRequest(environ, config, start_response, pipeline.buffer)
         try:
             result = self.app(environ, request.start_response)
         except BaseException:

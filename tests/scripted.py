@@ -322,11 +322,16 @@ def request_number(request: CapturedRequest) -> int:
 
 def invariant_problems(stats: dict[str, int]) -> list[str]:
     """What is wrong with these counters, if anything (``enqueued == delivered + dropped +
-    uncertain + pending``, no negative count, drops adding up)."""
+    uncertain + skipped_should_log + pending``, no negative count, drops and skips adding
+    up)."""
     problems = []
     settled = stats["delivered"] + stats["dropped"] + stats["uncertain"]
-    if stats["enqueued"] != settled + stats["pending"]:
-        problems.append("enqueued != delivered + dropped + uncertain + pending")
+    if stats["enqueued"] != settled + stats["skipped_should_log"] + stats["pending"]:
+        problems.append(
+            "enqueued != delivered + dropped + uncertain + skipped_should_log + pending"
+        )
+    if stats["skipped"] != stats["skipped_exclude_paths"] + stats["skipped_should_log"]:
+        problems.append("skipped != skipped_exclude_paths + skipped_should_log")
     if any(value < 0 for value in stats.values()):
         problems.append("a negative count")
     if stats["buffered"] > stats["pending"]:

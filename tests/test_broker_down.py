@@ -26,7 +26,8 @@ async def hello(request: Request) -> PlainTextResponse:
 
 
 def balanced(stats: dict[str, int]) -> bool:
-    return stats["enqueued"] == stats["delivered"] + stats["dropped"] + stats["pending"]
+    settled = stats["delivered"] + stats["dropped"] + stats["uncertain"]
+    return stats["enqueued"] == settled + stats["skipped_should_log"] + stats["pending"]
 
 
 async def send_requests(base_url: str, numbers: range) -> None:

@@ -112,6 +112,8 @@ def test_every_counter_and_stats_keys() -> None:
     for entry in entries(10):
         buffer.put(entry)
     assert len(buffer.take(9)) == 9  # to be settled; the last one stays buffered
+    buffer.put(captured(10, SETTINGS))
+    assert len(buffer.take(1)) == 1  # the should_log hook refuses it
     buffer.deliver(2)
     buffer.drop("kafka_error", 1)
     buffer.drop("too_large", 1)
@@ -121,8 +123,11 @@ def test_every_counter_and_stats_keys() -> None:
     buffer.give_up_uncertain(2)
     buffer.count_retried(4)  # informational: no entry changes state
     buffer.count_truncated()  # informational too
+    buffer.skip_by_hook()  # settled, unlogged
+    buffer.skip()  # never enqueued: only counted
+    buffer.skip_threadsafe()
     assert buffer.stats() == {
-        "enqueued": 10,
+        "enqueued": 11,
         "delivered": 2,
         "dropped": 5,
         "uncertain": 2,
@@ -134,6 +139,9 @@ def test_every_counter_and_stats_keys() -> None:
         "spool_corrupt": 0,
         "retried": 4,
         "truncated": 1,
+        "skipped": 3,
+        "skipped_exclude_paths": 2,
+        "skipped_should_log": 1,
         "dropped_buffer_full": 0,
         "dropped_serialize_error": 1,
         "dropped_too_large": 1,
@@ -208,6 +216,9 @@ def test_a_fresh_buffer_counts_nothing() -> None:
         "spool_corrupt",
         "retried",
         "truncated",
+        "skipped",
+        "skipped_exclude_paths",
+        "skipped_should_log",
         *(f"dropped_{reason}" for reason in DROP_REASONS),
     }
     assert set(DROP_REASONS) == {

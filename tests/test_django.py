@@ -260,6 +260,79 @@ def test_inside_the_wsgi_door_the_middleware_only_adds_the_route(scripted: Scrip
     assert entry["route"] == HELLO
 
 
+def test_a_path_the_wsgi_door_excludes_is_not_logged_by_the_middleware_either(
+    scripted: Scripted,
+) -> None:
+    """The door marks what it excludes: the MIDDLEWARE entry inside does not log it."""
+    with override_settings(KAFKA_LOG=SCRIPTED):
+        config = KafkaLogConfig(**SCRIPTED, exclude_paths=["/hello/*"])  # type: ignore[arg-type]
+        app = KafkaLogWSGIMiddleware(WSGIHandler(), config)
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/hello/door",
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(),
+            "wsgi.errors": sys.stderr,
+        }
+        statuses: list[str] = []
+        result = app(environ, lambda status, headers, exc_info=None: statuses.append(status))  # type: ignore[arg-type, return-value]
+        assert b"".join(result) == b'{"hello": "door"}'
+        inner = middleware_of(app.app)
+        app.close()
+    assert statuses == ["200 OK"]
+    assert app.stats()["skipped_exclude_paths"] == 1 and app.stats()["enqueued"] == 0
+    assert inner.stats()["enqueued"] == inner.stats()["skipped"] == 0
+    assert scripted.handovers() == []
+
+
+def no_posts(request: Any) -> bool:
+    """A ``should_log`` hook, given to ``KAFKA_LOG`` as a dotted path."""
+    return bool(request.scope["method"] != "POST")
+
+
+def test_the_middleware_filters_paths_and_asks_should_log(kafka_bootstrap: str) -> None:
+    """exclude_paths against ``request.path``, should_log imported from its dotted path;
+    what is logged is the entry an unfiltered twin logs."""
+    common = {**SCRIPTED, "bootstrap_servers": kafka_bootstrap, "producer_async_flush_timeout": 20}
+    topic, twin_topic = unique_topic("django-filters"), unique_topic("django-filters-twin")
+    requests = [
+        ("get", "/hello/ann"),
+        ("get", "/hello/bob"),
+        ("post", "/items/"),
+        ("get", "/items/"),
+    ]
+    middlewares = []
+    filters = {"exclude_paths": ["/hello/ann"], "should_log": f"{__name__}.no_posts"}
+    for settings_ in ({**common, "topic": topic, **filters}, {**common, "topic": twin_topic}):
+        with override_settings(KAFKA_LOG=settings_):
+            client = Client()
+            for n, (method, url) in enumerate(requests):
+                response = getattr(client, method)(url, headers={"x-n": str(n)})
+                assert response.status_code in (200, 201)
+            middlewares.append(middleware_of(client.handler))
+    for middleware in middlewares:
+        middleware.close()
+    twins = {
+        orjson.loads(r.value)["request"]["headers"]["x-n"]: orjson.loads(r.value)
+        for r in asyncio.run(consume(kafka_bootstrap, twin_topic, 4))
+    }
+    records = asyncio.run(consume(kafka_bootstrap, topic, 2, timeout=10, settle=1))
+    entries = {
+        orjson.loads(r.value)["request"]["headers"]["x-n"]: orjson.loads(r.value) for r in records
+    }
+    assert set(entries) == {"1", "3"}
+    for n, entry in entries.items():
+        for each in (entry, twins[n]):
+            del each["started_at"], each["latencies"]
+        assert entry == twins[n]
+    stats = middlewares[0].stats()
+    assert (stats["enqueued"], stats["delivered"]) == (3, 2), stats
+    assert (stats["skipped_exclude_paths"], stats["skipped_should_log"]) == (1, 1), stats
+
+
 # -- real servers, the real broker ----------------------------------------------------------
 
 

@@ -86,5 +86,6 @@ def boom(request: HttpRequest) -> HttpResponse:
 
 @get_only
 def stats(request: HttpRequest) -> HttpResponse:
-    """This process's counters: enqueued == delivered + dropped + uncertain + pending."""
+    """This process's counters: enqueued == delivered + dropped + uncertain +
+    skipped_should_log + pending."""
     return JsonResponse(middleware.stats())
