@@ -35,7 +35,6 @@ from .producers import (
     SLICE_SECONDS,
     Failure,
     Message,
-    OnDone,
     Producer,
     ProducerCache,
     Verdict,
@@ -45,6 +44,10 @@ from .spooling import Replay, Spooling
 
 Resolver = Callable[[CapturedRequest], KafkaLogConfig | None]
 """Per-request config choice (e.g. a topic per route); None keeps the request's config."""
+DeliveryObserver = Callable[[str, int, float, float], None]
+"""Told of each acknowledged batch, in the delivery report: its topic, how many of its
+entries were delivered, and the oldest and newest response-end times (``perf_counter``)
+of its entries (see ``metrics.py``)."""
 
 _CHUNK = 8
 """Entries encoded between two looks at the clock."""
@@ -93,6 +96,8 @@ class _Outbox:
     config: KafkaLogConfig
     messages: list[Message] = field(default_factory=list)
     since: float = 0.0
+    ends: tuple[float, float] = (0.0, 0.0)
+    """The oldest and newest response-end times of ``messages`` (for the latency metric)."""
 
 
 @dataclass(eq=False)
@@ -104,6 +109,8 @@ class _Retry:
     due: float
     maybe_written: bool = False
     """An earlier attempt may have reached Kafka (and the entries are counted retried)."""
+    ends: tuple[float, float] = (0.0, 0.0)
+    """See ``_Outbox.ends``."""
 
 
 class _Attempt:
@@ -111,7 +118,7 @@ class _Attempt:
     outbox the messages came from, the attempt's number, and ``written_before``: an
     earlier attempt may have reached Kafka (so they are counted as retried already)."""
 
-    __slots__ = ("box", "count", "number", "publisher", "size", "written_before")
+    __slots__ = ("box", "count", "ends", "number", "publisher", "size", "written_before")
 
     def __init__(
         self,
@@ -120,11 +127,14 @@ class _Attempt:
         number: int,
         written: bool,
         messages: list[Message],
+        ends: tuple[float, float],
     ) -> None:
         self.publisher = publisher
         self.box = box
         self.number = number
         self.written_before = written
+        self.ends = ends
+        """See ``_Outbox.ends``."""
         self.count = len(messages)
         """Messages not reported yet."""
         self.size = _size(messages)
@@ -164,6 +174,8 @@ class Publisher:
         self._stopping = False
         self._accounting_closed = False
         self._task: asyncio.Task[None] | None = None
+        self.observers: list[DeliveryObserver] = []
+        """Told of every acknowledged batch (the pipeline's list, shared)."""
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -261,18 +273,18 @@ class Publisher:
                 attempt = cast(_Attempt, on_done)  # every report we hand out is one
                 box = self._outbox(attempt.box.config)
                 self._retries.append(
-                    _Retry(box, messages, attempt.number, 0.0, attempt.written_before)
+                    _Retry(box, messages, attempt.number, 0.0, attempt.written_before, attempt.ends)
                 )
             use.producer.abandon()
         old._accounting_closed = True
         for old_box in old._outboxes.values():
             if old_box.messages:
                 box = self._outbox(old_box.config)
-                self._retries.append(_Retry(box, old_box.messages, 1, 0.0))
+                self._retries.append(_Retry(box, old_box.messages, 1, 0.0, False, old_box.ends))
         for retry in old._retries:
             box = self._outbox(retry.box.config)
             self._retries.append(
-                _Retry(box, retry.messages, retry.attempt, 0.0, retry.maybe_written)
+                _Retry(box, retry.messages, retry.attempt, 0.0, retry.maybe_written, retry.ends)
             )
         if old._spooling is not None:  # the same process: its spool and locks are ours
             self._spooling, old._spooling = old._spooling, None
@@ -474,6 +486,9 @@ class Publisher:
                 self._held += size
                 if not box.messages:
                     box.since = now
+                    box.ends = (request.t_end, request.t_end)
+                else:
+                    box.ends = (box.ends[0], request.t_end)
                 box.messages.append(message)
             if clock() >= slice_end:
                 await asyncio.sleep(0)
@@ -540,10 +555,10 @@ class Publisher:
             elif box.use.producer.ready and (due <= 0 or self._stopping):
                 messages, box.messages = box.messages, []
                 if box.config.producer_async:
-                    await self._hand_over(box, messages, 1)
+                    await self._hand_over(box, messages, 1, False, box.ends)
                 else:  # Kong's sync mode: each entry on its own
                     for message in messages:
-                        await self._hand_over(box, [message], 1)
+                        await self._hand_over(box, [message], 1, False, box.ends)
             elif self._drops_refused(box):
                 messages, box.messages = box.messages, []
                 self._refused(messages, False)
@@ -599,23 +614,22 @@ class Publisher:
         return fitted
 
     async def _hand_over(
-        self, box: _Outbox, messages: list[Message], attempt: int, written_before: bool = False
+        self,
+        box: _Outbox,
+        messages: list[Message],
+        attempt: int,
+        written_before: bool,
+        ends: tuple[float, float],
     ) -> None:
         """Give ``messages`` to their (connected) producer; failures are retried."""
         use = box.use
         use.in_flight += len(messages)
         use.last_used = time.monotonic()
-        on_done = self._on_done_for(box, attempt, written_before, messages)
+        on_done = _Attempt(self, box, attempt, written_before, messages, ends)
         try:
             await use.producer.send(box.config.topic, messages, on_done)
         except Exception as exc:  # a backend failing outright: count, never lose
             on_done(0, messages, Failure(Verdict.RETRY, type(exc).__name__), False)
-
-    def _on_done_for(
-        self, box: _Outbox, attempt: int, written_before: bool, messages: list[Message]
-    ) -> OnDone:
-        """The delivery report of one attempt (see ``_Attempt``)."""
-        return _Attempt(self, box, attempt, written_before, messages)
 
     def _reported(
         self,
@@ -642,18 +656,19 @@ class Publisher:
             self.buffer.deliver(delivered)
             if resent and not attempt.written_before:  # the client re-sent them itself
                 self.buffer.count_retried(delivered)
+            for observe in self.observers:
+                observe(attempt.box.config.topic, delivered, *attempt.ends)
         if failed and failure is not None:
-            self._failed(attempt.box, attempt.number, failed, failure, attempt.written_before)
+            self._failed(attempt, failed, failure)
 
-    def _failed(
-        self,
-        box: _Outbox,
-        attempt: int,
-        messages: list[Message],
-        failure: Failure,
-        written_before: bool,
-    ) -> None:
-        """Retry, split or give up ``messages`` (``written_before``: see ``_on_done_for``)."""
+    def _failed(self, report: _Attempt, messages: list[Message], failure: Failure) -> None:
+        """Retry, split or give up ``messages``, which ``report``'s attempt failed to deliver."""
+        box, attempt, written_before, ends = (
+            report.box,
+            report.number,
+            report.written_before,
+            report.ends,
+        )
         maybe_written = written_before or failure.maybe_written
         newly_uncertain = len(messages) if maybe_written and not written_before else 0
         verdict = failure.verdict
@@ -663,7 +678,7 @@ class Publisher:
             half = len(messages) // 2
             now = time.monotonic()
             for part in (messages[half:], messages[:half]):
-                self._retries.appendleft(_Retry(box, part, attempt, now, maybe_written))
+                self._retries.appendleft(_Retry(box, part, attempt, now, maybe_written, ends))
             self._requeued(newly_uncertain)
             return
         config = box.config
@@ -683,7 +698,7 @@ class Publisher:
                     max(backoff, 0.05) * 2 ** min(attempt - attempts, 16), _RETRY_BACKOFF_MAX
                 )
             due = time.monotonic() + backoff
-            self._retries.append(_Retry(box, messages, attempt + 1, due, maybe_written))
+            self._retries.append(_Retry(box, messages, attempt + 1, due, maybe_written, ends))
             self._requeued(newly_uncertain)
             return
         self._held -= _size(messages)
@@ -739,7 +754,9 @@ class Publisher:
             if not producer.ready or (retry.due > now and not self._stopping):
                 waiting.append(retry)
                 continue
-            await self._hand_over(retry.box, retry.messages, retry.attempt, retry.maybe_written)
+            await self._hand_over(
+                retry.box, retry.messages, retry.attempt, retry.maybe_written, retry.ends
+            )
         waiting.extend(self._retries)  # those added meanwhile
         self._retries = waiting
 
