@@ -183,7 +183,7 @@ def test_the_starlette_endpoint_answers() -> None:
     app = Starlette(routes=[Route("/metrics", metrics.starlette_endpoint)])
     response = asyncio.run(request(app, http_scope("/metrics")))
     assert response.status == 200
-    assert b"# TYPE" in response.body or response.body == b""
+    assert b"\npython_info{" in response.body  # the global registry's
 
 
 def test_the_flask_view_answers() -> None:
@@ -238,3 +238,14 @@ def test_pipelines_of_every_door() -> None:
     assert metrics.pipeline_getter(pipeline)() is pipeline
     middleware: Any = KafkaLogMiddleware(starlette_app(), offline_config())
     assert metrics.pipeline_getter(middleware)() is middleware._pipeline
+    from flask import Flask
+
+    from kafka_log_middleware.flask import KafkaLog
+    from kafka_log_middleware.wsgi import KafkaLogWSGIMiddleware
+
+    wsgi: Any = KafkaLogWSGIMiddleware(Flask(__name__).wsgi_app, offline_config())
+    assert metrics.pipeline_getter(wsgi)() is wsgi._background.pipeline
+    app = Flask(__name__)
+    KafkaLog(app, offline_config())
+    flask_pipeline = KafkaLog.middleware(app)._background.pipeline
+    assert metrics.pipeline_getter(app)() is flask_pipeline
