@@ -10,7 +10,9 @@ librdkafka's own threads count), until every entry is delivered:
    request path runs and nothing else (each entry is counted as dropped);
 4. ``publisher_native`` / ``publisher_python``: the whole background too (building and
    encoding the entry, the publisher), handed to a producer that acknowledges at once;
-5. ``aiokafka`` / ``confluent``: the same, delivered to the broker;
+5. ``aiokafka`` / ``confluent``: the same, delivered to the broker; ``metrics``: aiokafka
+   with Prometheus metrics as in multiprocess mode (the worst case: files written by the
+   updating thread every second, the latency of every entry observed);
 6. ``at_least_once``: aiokafka with ``delivery="at_least_once"`` and the disk spool on
    but idle (the broker is up); ``spooling``: the same with the broker unreachable, so
    that every entry goes to the spool (timed until all are on disk).
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -161,6 +164,8 @@ def stages(
         "publisher_python": lambda: logged(up.replace(topic="acked", native_serializer=False)),
         "aiokafka": lambda: logged(up),
     }
+    if has_module("prometheus_client"):
+        out["metrics"] = lambda: with_metrics(logged(up))
     if confluent:
         out["confluent"] = lambda: logged(up.replace(producer_backend="confluent"))
     spooled = {"delivery": "at_least_once", "overflow": "spool"}
@@ -178,6 +183,18 @@ def stages(
         )
     )
     return out
+
+
+def with_metrics(stage: tuple[ASGIApp, Any]) -> tuple[ASGIApp, Any]:
+    """``stage`` with its middleware's metrics in prometheus_client's multiprocess mode."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # read when prometheus_client loads
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-prometheus-")
+    from prometheus_client import CollectorRegistry
+
+    from kafka_log_middleware.metrics import KafkaLogMultiprocessMetrics
+
+    KafkaLogMultiprocessMetrics(CollectorRegistry()).add(stage[1])
+    return stage
 
 
 STAGE_EXPECTS = {"request_path": "dropped", "spooling": "spooled"}

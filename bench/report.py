@@ -329,6 +329,7 @@ def breakdown_section(data: dict[str, Any]) -> list[str]:
     for stage, words in (
         ("at_least_once", '`delivery="at_least_once"`, spool idle, over the default'),
         ("spooling", "`at_least_once`, every entry spooled (broker down), over the default"),
+        ("metrics", "Prometheus metrics (multiprocess mode, the worst case), over the default"),
     ):
         if stage in m:
             rows.append((words, m[stage] - m["aiokafka"], f"{stage} - aiokafka"))

@@ -11,7 +11,12 @@ request is looked for in Kafka.
 
 ``delivery="at_least_once"``, with the disk spool unless ``--no-spool``. Writes
 ``bench/results/soak.json`` (or ``--out``) and, with ``--plot PNG``, a chart of RSS,
-pending and delivered entries per second over time.
+pending and delivered entries per second over time; with ``--metrics-plot PNG``, the
+app's Prometheus metrics scraped every second drawn Grafana-style (``metrics_plot.py``).
+``--env NAME=VALUE`` sets more of the app's config (e.g. a small spool to see drops):
+
+    python -m bench.soak --duration 60 --outage 20 --rate 300 --metrics-plot docs/metrics.png \
+        --env KAFKA_LOG_SPOOL_MAX_BYTES=2000000
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class Sample:
     threads: int
     sockets: int
     stats: dict[str, int]
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The app's ``/metrics``, flattened (with ``--metrics-plot``)."""
 
 
 @dataclass
@@ -233,6 +240,8 @@ def run(
     outage: float | None = None,
     spool: bool = True,
     workdir: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    metrics: bool = False,
 ) -> Report:
     """One run (see the module docstring); the broker is started and stopped here."""
     ensure_jars()
@@ -257,10 +266,11 @@ def run(
     }
     if spool:
         env |= {"KAFKA_LOG_OVERFLOW": "spool", "KAFKA_LOG_SPOOL_DIR": str(workdir / "spool")}
+    env |= extra_env or {}
     try:
         with _app(env) as (base, process):
             latencies = _drive(
-                base, process.pid, broker, duration, rate, restart_every, outage, report
+                base, process.pid, broker, duration, rate, restart_every, outage, report, metrics
             )
             _settle(base, report)
             report.final_stats = _stats(base)
@@ -292,6 +302,7 @@ def _drive(
     restart_every: float | None,
     outage: float | None,
     report: Report,
+    metrics: bool = False,
 ) -> list[tuple[float, float]]:
     """The load, the sampler and the broker's restarts (or outage), together."""
     t0 = time.monotonic()
@@ -301,7 +312,12 @@ def _drive(
         while not done.wait(1.0):
             with contextlib.suppress(OSError, httpx.HTTPError, ValueError):
                 readings = _proc(pid, int(base.rsplit(":", 1)[1]))
-                report.samples.append(Sample(time.monotonic() - t0, *readings, _stats(base)))
+                sample = Sample(time.monotonic() - t0, *readings, _stats(base))
+                if metrics:
+                    from bench.metrics_plot import scrape
+
+                    sample.metrics = scrape(base)
+                report.samples.append(sample)
 
     def broker_trouble() -> None:
         if outage is not None:
@@ -421,6 +437,21 @@ def plot(report: Report, out: Path) -> None:
     fig.savefig(out, dpi=90)
 
 
+def plot_metrics(report: Report, out: Path) -> None:
+    """The run's scraped metrics, Grafana-style (see ``metrics_plot.py``)."""
+    from bench.metrics_plot import plot as plot_scrapes
+
+    samples = [s for s in report.samples if s.metrics]
+    settings = ", ".join(f"{k}={v}" for k, v in report.settings.items() if v is not None)
+    plot_scrapes(
+        [s.t for s in samples],
+        [s.metrics for s in samples],
+        report.broker_down,
+        "bench/soak.py --metrics-plot: " + settings,
+        out,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
@@ -432,20 +463,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="soak.json", help="result file in bench/results/")
     parser.add_argument("--plot", type=Path, default=None, help="write a chart here (PNG)")
     parser.add_argument("--replot", action="store_true", help="only chart --out's results")
+    parser.add_argument(
+        "--metrics-plot", type=Path, default=None, help="chart the app's metrics here (PNG)"
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE for the app (repeatable)"
+    )
     args = parser.parse_args(argv)
     if args.replot:
-        plot(_report_of(read_json(args.out)), args.plot or Path("soak.png"))
+        report = _report_of(read_json(args.out))
+        if args.metrics_plot is not None:
+            plot_metrics(report, args.metrics_plot)
+        plot(report, args.plot or Path("soak.png"))
         return 0
     if args.steady:
         args.restart_every = args.outage = None
     elif args.restart_every is None and args.outage is None:
         args.restart_every = 120.0
-    report = run(args.duration, args.rate, args.restart_every, args.outage, not args.no_spool)
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    report = run(
+        args.duration,
+        args.rate,
+        args.restart_every,
+        args.outage,
+        not args.no_spool,
+        extra_env=extra_env,
+        metrics=args.metrics_plot is not None,
+    )
     data = asdict(report) | {"leaks": report.leaks(), "balanced": report.balanced()}
     data["environment"] = environment()
     path = write_json(args.out, data)
     if args.plot is not None:
         plot(report, args.plot)
+    if args.metrics_plot is not None:
+        plot_metrics(report, args.metrics_plot)
     print(
         f"soak: {report.served} served ({report.failed_requests} failed), {report.lost} lost, "
         f"{report.duplicates} duplicates, {report.out_of_order} out of order; "

@@ -61,6 +61,10 @@ class KafkaLogMiddleware:
             markcoroutinefunction(self)
         self._background = BackgroundPipeline(config_from_settings())
         self._server_checked = False
+        if getattr(settings, "KAFKA_LOG_METRICS", False):  # Prometheus (extra "prometheus")
+            from .metrics import register
+
+            register(self)
 
     def __repr__(self) -> str:
         return f"KafkaLogMiddleware({self._background.pipeline.config!r})"

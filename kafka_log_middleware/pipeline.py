@@ -19,7 +19,7 @@ from . import _log
 from .buffer import LogBuffer
 from .config import KafkaLogConfig, KafkaLogFields
 from .producers import Producer, cache_for_running_loop
-from .publisher import Publisher, Resolver
+from .publisher import DeliveryObserver, Publisher, Resolver
 
 _running_loop = asyncio.get_running_loop
 
@@ -53,6 +53,8 @@ class Pipeline:
         """The process whose exit flushes this pipeline (see ``_exit``)."""
         self._parents: Publisher | None = None
         """In a forked child: the parent's publisher (see ``start``)."""
+        self.delivery_observers: list[DeliveryObserver] = []
+        """Told of every acknowledged batch by each publisher (see ``Publisher.observers``)."""
 
     def __repr__(self) -> str:
         return f"Pipeline({self.config!r})"
@@ -91,6 +93,7 @@ class Pipeline:
             self._resolver,
             self._threaded,
         )
+        self.publisher.observers = self.delivery_observers
         if old is not None:  # its loop has ended: what it had not sent goes from this one
             self.publisher.take_over(old)
         self.publisher.start()

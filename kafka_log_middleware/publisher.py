@@ -36,7 +36,6 @@ from .producers import (
     SLICE_SECONDS,
     Failure,
     Message,
-    OnDone,
     Producer,
     ProducerCache,
     Verdict,
@@ -46,6 +45,10 @@ from .spooling import Replay, Spooling
 
 Resolver = Callable[[CapturedRequest], KafkaLogConfig | None]
 """Per-request config choice (e.g. a topic per route); None keeps the request's config."""
+DeliveryObserver = Callable[[str, int, float, float], None]
+"""Told of each acknowledged batch, in the delivery report: its topic, how many of its
+entries were delivered, and the oldest and newest response-end times (``perf_counter``)
+of its entries (see ``metrics.py``)."""
 
 _CHUNK = 8
 """Entries encoded between two looks at the clock."""
@@ -107,6 +110,8 @@ class _Outbox:
     config: KafkaLogConfig
     messages: list[Message] = field(default_factory=list)
     since: float = 0.0
+    ends: tuple[float, float] = (0.0, 0.0)
+    """The oldest and newest response-end times of ``messages`` (for the latency metric)."""
 
 
 @dataclass(eq=False)
@@ -121,6 +126,8 @@ class _Retry:
     order: float = 0.0
     """Where the messages stand in build order (``_Attempt.order``)."""
     span: float = 1.0
+    ends: tuple[float, float] = (0.0, 0.0)
+    """See ``_Outbox.ends``."""
 
 
 class _Attempt:
@@ -129,7 +136,7 @@ class _Attempt:
     earlier attempt may have reached Kafka (so they are counted as retried already)."""
 
     __slots__ = (
-        "box", "count", "number", "order", "publisher", "size", "span", "written_before"
+        "box", "count", "ends", "number", "order", "publisher", "size", "span", "written_before"
     )  # fmt: skip
 
     def __init__(
@@ -140,6 +147,7 @@ class _Attempt:
         written: bool,
         messages: list[Message],
         order: tuple[float, float],
+        ends: tuple[float, float],
     ) -> None:
         self.publisher = publisher
         self.box = box
@@ -148,6 +156,8 @@ class _Attempt:
         self.order, self.span = order
         """Build order: batches are numbered as first handed over (halves of a split
         batch share its number's span), so that what goes to the spool keeps the order."""
+        self.ends = ends
+        """See ``_Outbox.ends``."""
         self.count = len(messages)
         """Messages not reported yet."""
         self.size = _size(messages)
@@ -189,6 +199,8 @@ class Publisher:
         self._stopping = False
         self._accounting_closed = False
         self._task: asyncio.Task[None] | None = None
+        self.observers: list[DeliveryObserver] = []
+        """Told of every acknowledged batch (the pipeline's list, shared)."""
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -292,7 +304,14 @@ class Publisher:
                 attempt = cast(_Attempt, on_done)  # every report we hand out is one
                 box = self._outbox(attempt.box.config)
                 self._retries.append(
-                    _Retry(box, messages, attempt.number, 0.0, attempt.written_before)
+                    _Retry(
+                        box,
+                        messages,
+                        attempt.number,
+                        0.0,
+                        attempt.written_before,
+                        ends=attempt.ends,
+                    )
                 )
             use.producer.abandon()
             for entries in use.parked:
@@ -302,11 +321,15 @@ class Publisher:
         for old_box in old._outboxes.values():
             if old_box.messages:
                 box = self._outbox(old_box.config)
-                self._retries.append(_Retry(box, old_box.messages, 1, 0.0))
+                self._retries.append(
+                    _Retry(box, old_box.messages, 1, 0.0, False, ends=old_box.ends)
+                )
         for retry in old._retries:
             box = self._outbox(retry.box.config)
             self._retries.append(
-                _Retry(box, retry.messages, retry.attempt, 0.0, retry.maybe_written)
+                _Retry(
+                    box, retry.messages, retry.attempt, 0.0, retry.maybe_written, ends=retry.ends
+                )
             )
         if old._spooling is not None:  # the same process: its spool and locks are ours
             self._spooling, old._spooling = old._spooling, None
@@ -554,6 +577,9 @@ class Publisher:
                 self._held += size
                 if not box.messages:
                     box.since = now
+                    box.ends = (request.t_end, request.t_end)
+                else:
+                    box.ends = (box.ends[0], request.t_end)
                 box.messages.append(message)
             if clock() >= slice_end:
                 await asyncio.sleep(0)
@@ -623,10 +649,10 @@ class Publisher:
             elif box.use.producer.ready and (due <= 0 or self._stopping):
                 messages, box.messages = box.messages, []
                 if box.config.producer_async:
-                    await self._hand_over(box, messages, 1)
+                    await self._hand_over(box, messages, 1, False, box.ends)
                 else:  # Kong's sync mode: each entry on its own
                     for message in messages:
-                        await self._hand_over(box, [message], 1)
+                        await self._hand_over(box, [message], 1, False, box.ends)
             elif self._drops_refused(box):
                 messages, box.messages = box.messages, []
                 self._refused(messages, False)
@@ -689,7 +715,8 @@ class Publisher:
         box: _Outbox,
         messages: list[Message],
         attempt: int,
-        written_before: bool = False,
+        written_before: bool,
+        ends: tuple[float, float],
         order: tuple[float, float] | None = None,
     ) -> None:
         """Give ``messages`` to their (connected) producer; failures are retried.
@@ -698,24 +725,12 @@ class Publisher:
         use.in_flight += len(messages)
         use.last_used = time.monotonic()
         if order is None:
-            self._order += 1
-            order = (self._order, 1.0)
-        on_done = self._on_done_for(box, attempt, written_before, messages, order)
+            order = (self._next_order(), 1.0)
+        on_done = _Attempt(self, box, attempt, written_before, messages, order, ends)
         try:
             await use.producer.send(box.config.topic, messages, on_done)
         except Exception as exc:  # a backend failing outright: count, never lose
             on_done(0, messages, Failure(Verdict.RETRY, type(exc).__name__), False)
-
-    def _on_done_for(
-        self,
-        box: _Outbox,
-        attempt: int,
-        written_before: bool,
-        messages: list[Message],
-        order: tuple[float, float],
-    ) -> OnDone:
-        """The delivery report of one attempt (see ``_Attempt``)."""
-        return _Attempt(self, box, attempt, written_before, messages, order)
 
     def _reported(
         self,
@@ -742,13 +757,20 @@ class Publisher:
             self.buffer.deliver(delivered)
             if resent and not attempt.written_before:  # the client re-sent them itself
                 self.buffer.count_retried(delivered)
+            for observe in self.observers:
+                observe(attempt.box.config.topic, delivered, *attempt.ends)
         if failed and failure is not None:
             self._failed(attempt, failed, failure)
         self._unpark(attempt.box.use)
 
     def _failed(self, report: _Attempt, messages: list[Message], failure: Failure) -> None:
-        """Retry, split or give up ``messages`` (``written_before``: see ``_Attempt``)."""
-        box, attempt, written_before = report.box, report.number, report.written_before
+        """Retry, split or give up ``messages``, which ``report``'s attempt failed to deliver."""
+        box, attempt, written_before, ends = (
+            report.box,
+            report.number,
+            report.written_before,
+            report.ends,
+        )
         maybe_written = written_before or failure.maybe_written
         newly_uncertain = len(messages) if maybe_written and not written_before else 0
         verdict = failure.verdict
@@ -763,7 +785,7 @@ class Publisher:
                 (messages[:half], report.order),
             ):
                 self._retries.appendleft(
-                    _Retry(box, part, attempt, now, maybe_written, order, span)
+                    _Retry(box, part, attempt, now, maybe_written, order, span, ends)
                 )
             self._requeued(newly_uncertain)
             return
@@ -786,7 +808,9 @@ class Publisher:
                 )
             due = time.monotonic() + backoff
             self._retries.append(
-                _Retry(box, messages, attempt + 1, due, maybe_written, report.order, report.span)
+                _Retry(
+                    box, messages, attempt + 1, due, maybe_written, report.order, report.span, ends
+                )
             )
             self._requeued(newly_uncertain)
             return
@@ -849,6 +873,7 @@ class Publisher:
                 retry.messages,
                 retry.attempt,
                 retry.maybe_written,
+                retry.ends,
                 (retry.order, retry.span) if retry.order else None,
             )
         waiting.extend(self._retries)  # those added meanwhile
