@@ -139,6 +139,7 @@ class KafkaLogFields(TypedDict, total=False):
     security: Mapping[str, Any] | TlsSettings | ssl.SSLContext | None
     producer_backend: Backend
     native_serializer: bool
+    include_trace_id: bool | None
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False, kw_only=True)
@@ -252,6 +253,9 @@ class KafkaLogConfig:
     """Kafka client: ``"aiokafka"`` (pure Python) or ``"confluent"`` (librdkafka, an extra)."""
     native_serializer: bool = True
     """Encode entries with the compiled serializer when it is installed (same output)."""
+    include_trace_id: bool | None = None
+    """Log ``trace_id`` (``{"w3c": ...}``, Kong 3.5+'s) from the active OpenTelemetry span
+    or the ``traceparent`` header. None: on with ``log_format="kong3"``, off with kong2."""
 
     def __post_init__(self) -> None:
         # Each field is checked and normalised in declaration order (the first bad one is
@@ -339,6 +343,13 @@ class KafkaLogConfig:
         if self.producer_request_acks is not None:
             return self.producer_request_acks
         return -1 if self.delivery == "at_least_once" else 1
+
+    @property
+    def trace_ids(self) -> bool:
+        """Whether entries carry ``trace_id`` (``include_trace_id``, or its default)."""
+        if self.include_trace_id is not None:
+            return self.include_trace_id
+        return self.log_format == "kong3"
 
     @property
     def idempotent(self) -> bool:
@@ -533,9 +544,9 @@ def _parse_env(name: str, raw: str) -> Any:
             return int(raw.strip())
         except ValueError:
             raise ValueError("expected an integer") from None
-    if name == "enable_idempotence" and not raw.strip():
+    if name in ("enable_idempotence", "include_trace_id") and not raw.strip():
         return None
-    if name in ("producer_async", "native_serializer", "enable_idempotence"):
+    if name in ("producer_async", "native_serializer", "enable_idempotence", "include_trace_id"):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
@@ -931,6 +942,7 @@ _CHECKS: dict[str, Check] = {
     "security": _security_check(check_security),
     "producer_backend": _choice(*_BACKENDS),
     "native_serializer": _bool,
+    "include_trace_id": _optional(_bool),
 }
 """Every field's check, in declaration order (a test holds it to the fields)."""
 

@@ -79,6 +79,9 @@ class KafkaLogWSGIMiddleware:
         pipeline = self._background.started()
         environ[DOOR_KEY] = "wsgi"
         request = WSGIRequest(environ, pipeline.config, start_response, pipeline.buffer)
+        reader = pipeline.span_reader
+        if reader is not None:
+            request.trace_id = reader()
         try:
             result = self.app(environ, request.start_response)
         except BaseException:

@@ -43,6 +43,7 @@ from kafka_log_middleware.config import KafkaLogConfig, LogFormat
 from kafka_log_middleware.custom_fields import set_serialize_value
 from kafka_log_middleware.routes import matched_route
 from kafka_log_middleware.serializer import build_entry, encode_entry
+from kafka_log_middleware.tracing import trace_id
 
 from .test_serializer import (
     Case,
@@ -158,6 +159,7 @@ def _native_result(request: CapturedRequest) -> Any:
     return native.encode(
         plan, r, r.scope, r.status, r.response_headers, r.body_sent, r.body_read,
         r.file_path, r.client_gone, r.started_at, r.t_start, r.t_response, r.t_end,
+        trace_id(r),
     )  # fmt: skip
 
 
