@@ -3,12 +3,16 @@ reader, what the ASGI and WSGI doors capture, and the layouts' defaults."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sys
+import time
 import wsgiref.util
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Tracer, use_span
@@ -19,7 +23,15 @@ from kafka_log_middleware.config import LogFormat
 from kafka_log_middleware.serializer import build_entry
 from kafka_log_middleware.tracing import span_reader, trace_id, traceparent_id
 from tests.asgi_driver import http_scope, request
+from tests.kafka_helpers import consume, unique_topic
+from tests.servers import serve
 from tests.test_asgi import buffered, keep_captures_buffered, offline_config, starlette_app
+from tests.test_integration import (
+    build_request,
+    check_and_strip_variable_fields,
+    expected_entry,
+    items_app,
+)
 
 __all__ = ["keep_captures_buffered"]  # the autouse fixture, for this module too
 
@@ -274,3 +286,70 @@ def test_wsgi_door_takes_the_span_around_the_call(
         {"w3c": TRACE},
         None,
     ]
+
+
+# -- end to end: uvicorn → Kafka ---------------------------------------------------------
+
+
+def _traced(app: Any, tracer: Tracer, spans: dict[str, int]) -> Any:
+    """An outer ASGI middleware as OpenTelemetry's instrumentation is: a current span
+    around the call (here only for requests with ``x-span``), its trace id noted."""
+
+    async def outer(scope: Any, receive: Any, send: Any) -> None:
+        headers = dict(scope.get("headers", ()))
+        if scope["type"] != "http" or b"x-span" not in headers:
+            await app(scope, receive, send)
+            return
+        with tracer.start_as_current_span("http") as span:
+            spans[headers[b"x-request-n"].decode()] = span.get_span_context().trace_id
+            await app(scope, receive, send)
+
+    return outer
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_trace_ids_end_to_end(kafka_bootstrap: str, tracer: Tracer) -> None:
+    topic = unique_topic("tracing")
+    config = KafkaLogConfig(
+        bootstrap_servers=(kafka_bootstrap,),
+        topic=topic,
+        log_format="kong3",
+        service={"name": "items"},
+        producer_async_flush_timeout=50,
+    )
+    spans: dict[str, int] = {}
+    middleware = KafkaLogMiddleware(items_app(), config)
+    bad = f"ff-{TRACE}-00f067aa0ba902b7-01"
+    # n % 3: 0 a span and a traceparent (the span wins), 1 a traceparent, 2 a bad one
+    exchanges: dict[int, tuple[httpx.Request, httpx.Response]] = {}
+    started = time.time()
+    with serve(_traced(middleware, tracer, spans)) as base_url:
+        port = int(base_url.rsplit(":", 1)[1])
+
+        async def send_all() -> None:
+            async with httpx.AsyncClient(base_url=base_url) as client:
+                for n in range(9):
+                    request = build_request(client, n)
+                    request.headers["traceparent"] = bad if n % 3 == 2 else HEADER
+                    if n % 3 == 0:
+                        request.headers["x-span"] = "1"
+                    response = await client.send(request)
+                    exchanges[n] = (request, response)
+
+        asyncio.run(send_all())
+    ended = time.time()
+    records = asyncio.run(consume(kafka_bootstrap, topic, 9, timeout=20, settle=1))
+    assert len(records) == 9
+    for record in records:
+        entry = orjson.loads(record.value)
+        n = int(entry["request"]["headers"]["x-request-n"])
+        request, response = exchanges[n]
+        expected = expected_entry(request, response, port, "kong3")
+        if n % 3 == 0:
+            expected["trace_id"] = {"w3c": f"{spans[str(n)]:032x}"}
+            assert expected["trace_id"]["w3c"] != TRACE
+        elif n % 3 == 1:
+            expected["trace_id"] = {"w3c": TRACE}
+        assert check_and_strip_variable_fields(entry, "kong3", started, ended) == expected
+        assert list(entry)[-1] == ("trace_id" if n % 3 != 2 else "route")
