@@ -113,6 +113,9 @@ class KafkaLogMiddleware:
             return
         scope[DOOR_KEY] = "asgi"
         request = ASGIRequest(scope, config, receive, send)
+        reader = pipeline.span_reader
+        if reader is not None:
+            request.trace_id = reader()
         try:
             await self.app(scope, request.receive, request.send)
         except asyncio.CancelledError:

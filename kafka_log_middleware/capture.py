@@ -62,6 +62,7 @@ class CapturedRequest:
         "t_end",
         "t_response",
         "t_start",
+        "trace_id",
     )
 
     scope: Scope
@@ -90,6 +91,8 @@ class CapturedRequest:
     """True when the app raised an exception."""
     client_gone: bool
     """True when the client left before the response ended (as far as the door can tell)."""
+    trace_id: int
+    """The trace id of the OpenTelemetry span active at middleware entry; 0 for none."""
 
     def __init__(self, scope: Scope, config: KafkaLogConfig) -> None:
         self.t_start = _perf()
@@ -105,6 +108,7 @@ class CapturedRequest:
         self.t_end = 0.0
         self.raised = False
         self.client_gone = False
+        self.trace_id = 0
 
     def finish(self) -> None:
         """Mark the request over now, unless its end was already recorded."""

@@ -142,6 +142,7 @@ class KafkaLogFields(TypedDict, total=False):
     native_serializer: bool
     exclude_paths: Iterable[str]
     should_log: Hook | None
+    include_trace_id: bool | None
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False, kw_only=True)
@@ -262,6 +263,9 @@ class KafkaLogConfig:
     should_log: Hook | None = None
     """Returns truthy to log the request (e.g. only 5xx, or a sample); runs in the
     background before the entry is built; refused ones are counted ``skipped``."""
+    include_trace_id: bool | None = None
+    """Log ``trace_id`` (``{"w3c": ...}``, Kong 3.5+'s) from the active OpenTelemetry span
+    or the ``traceparent`` header. None: on with ``log_format="kong3"``, off with kong2."""
 
     def __post_init__(self) -> None:
         # Each field is checked and normalised in declaration order (the first bad one is
@@ -349,6 +353,13 @@ class KafkaLogConfig:
         if self.producer_request_acks is not None:
             return self.producer_request_acks
         return -1 if self.delivery == "at_least_once" else 1
+
+    @property
+    def trace_ids(self) -> bool:
+        """Whether entries carry ``trace_id`` (``include_trace_id``, or its default)."""
+        if self.include_trace_id is not None:
+            return self.include_trace_id
+        return self.log_format == "kong3"
 
     @property
     def idempotent(self) -> bool:
@@ -552,9 +563,9 @@ def _parse_env(name: str, raw: str) -> Any:
             return int(raw.strip())
         except ValueError:
             raise ValueError("expected an integer") from None
-    if name == "enable_idempotence" and not raw.strip():
+    if name in ("enable_idempotence", "include_trace_id") and not raw.strip():
         return None
-    if name in ("producer_async", "native_serializer", "enable_idempotence"):
+    if name in ("producer_async", "native_serializer", "enable_idempotence", "include_trace_id"):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
@@ -981,6 +992,7 @@ _CHECKS: dict[str, Check] = {
     "native_serializer": _bool,
     "exclude_paths": _path_patterns,
     "should_log": _optional(_hook),
+    "include_trace_id": _optional(_bool),
 }
 """Every field's check, in declaration order (a test holds it to the fields)."""
 

@@ -108,7 +108,11 @@ class KafkaLogMiddleware:
             return None
         asgi_scope = getattr(request, "scope", None)
         scope = dict(asgi_scope) if asgi_scope is not None else scope_of(request.META)
-        return DjangoRequest(scope, pipeline.config, pipeline.buffer.put_threadsafe)
+        capture = DjangoRequest(scope, pipeline.config, pipeline.buffer.put_threadsafe)
+        reader = pipeline.span_reader
+        if reader is not None:
+            capture.trace_id = reader()
+        return capture
 
     # -- runtime control ------------------------------------------------------
 

@@ -20,6 +20,7 @@ from .buffer import LogBuffer
 from .config import KafkaLogConfig, KafkaLogFields
 from .producers import Producer, cache_for_running_loop
 from .publisher import DeliveryObserver, Publisher, Resolver
+from .tracing import SpanReader, span_reader
 
 _running_loop = asyncio.get_running_loop
 
@@ -40,6 +41,9 @@ class Pipeline:
     ) -> None:
         self.config = config
         """The configuration in force for new requests."""
+        self.span_reader: SpanReader | None = span_reader(config)
+        """What a door calls at request entry for the active span's trace id (None: no
+        trace ids, or no OpenTelemetry)."""
         self.publisher: Publisher | None = None
         """The publisher of the loop that serves (None until the first start)."""
         self._resolver = resolver
@@ -140,6 +144,7 @@ class Pipeline:
     def update_config(self, config: KafkaLogConfig) -> None:
         """Switch to ``config`` for new requests (see the doors' ``update_config``)."""
         self.config = config
+        self.span_reader = span_reader(config)
         self.buffer.limit = config.producer_async_buffering_limits_messages_in_memory
         self.buffer.evict_oldest = config.overflow == "drop_oldest"
         publisher = self.publisher

@@ -19,6 +19,7 @@ from . import _log, nginx_vars
 from .custom_fields import EDITS_KEY, apply_edit, apply_edits, request_edits
 from .gateway import UPSTREAM_KEY, Upstream, apply_upstream
 from .routes import matched_route
+from .tracing import trace_id
 
 if TYPE_CHECKING:
     from .capture import CapturedRequest
@@ -45,6 +46,7 @@ def encode_entry(request: CapturedRequest) -> bytes:
             out = _native.encode(
                 plan, r, r.scope, r.status, r.response_headers, r.body_sent, r.body_read,
                 r.file_path, r.client_gone, r.started_at, r.t_start, r.t_response, r.t_end,
+                trace_id(r),
             )  # fmt: skip
             if type(out) is bytes:
                 return out
@@ -60,7 +62,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installation
     _native_module = None  # type: ignore[assignment, unused-ignore]
 # A module built from another version of this package (another protocol) is ignored.
-_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 4 else None
+_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 5 else None
 
 _plans: dict[int, tuple[KafkaLogConfig, Any]] = {}
 """id(config) → (config, its native Plan or None); holding the config keeps the id unique."""
@@ -167,6 +169,11 @@ def build_entry(request: CapturedRequest) -> dict[str, Any]:
             value = _call(hook, request, field)
             if value is not None:
                 entry[field] = value
+    # Kong's tracing plugins add it with set_serialize_value: after the entry's own
+    # fields, before the logging plugin's custom fields.
+    trace = trace_id(request)
+    if trace is not None:
+        entry["trace_id"] = {"w3c": trace}
     for field, hook in config.custom_fields.items():
         try:
             value = hook(request)

@@ -85,6 +85,9 @@ class KafkaLogWSGIMiddleware:
             return self.app(environ, start_response)
         environ[DOOR_KEY] = "wsgi"
         request = WSGIRequest(environ, config, start_response, pipeline.buffer)
+        reader = pipeline.span_reader
+        if reader is not None:
+            request.trace_id = reader()
         try:
             result = self.app(environ, request.start_response)
         except BaseException:

@@ -63,8 +63,10 @@ def encode(
     t_start: Any,
     t_response: Any,
     t_end: Any,
+    trace_id: str | None,
     /,
 ) -> bytes | tuple[bytes, list[tuple[str, Any]]] | None:
     """The entry's JSON bytes; None: build it in Python instead; or (entry, fields):
     add these (field, value) pairs last, with orjson. The arguments after ``request``
-    are its attributes of the same names."""
+    up to ``t_end`` are its attributes of the same names; ``trace_id`` is the 32 hex
+    digits logged as ``{"w3c": ...}`` (``tracing.trace_id``), or None for no field."""

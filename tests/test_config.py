@@ -364,6 +364,7 @@ WRONG_TYPES: list[tuple[dict[str, Any], str]] = [
     ({"producer_async": 1}, "producer_async"),
     ({"producer_async": None}, "producer_async"),
     ({"native_serializer": "true"}, "native_serializer"),
+    ({"include_trace_id": "yes"}, "include_trace_id"),
     ({"log_format": 2}, "log_format"),
     ({"log_format": None}, "log_format"),
     ({"producer_backend": None}, "producer_backend"),
@@ -845,7 +846,7 @@ def test_from_env_errors_carry_the_field_and_say_what_was_expected(
         *((word, False) for word in ("0", "false", "no", "OFF")),
     ],
 )
-@pytest.mark.parametrize("field", ["producer_async", "native_serializer"])
+@pytest.mark.parametrize("field", ["producer_async", "native_serializer", "include_trace_id"])
 def test_from_env_booleans(field: str, raw: str, value: bool) -> None:
     config = KafkaLogConfig.from_env(environ={**ENV, f"KAFKA_LOG_{field.upper()}": raw})
     assert getattr(config, field) is value
@@ -1230,3 +1231,20 @@ def test_spool_fields_from_env(tmp_path: Any) -> None:
         1048576,
         250,
     )
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", None), (" ", None), ("on", True), ("0", False)])
+def test_from_env_include_trace_id_empty_is_the_layouts_default(
+    raw: str, expected: bool | None
+) -> None:
+    env = {**ENV, "KAFKA_LOG_INCLUDE_TRACE_ID": raw, "KAFKA_LOG_LOG_FORMAT": "kong3"}
+    config = KafkaLogConfig.from_env(environ=env)
+    assert config.include_trace_id is expected
+    assert config.trace_ids is (True if expected is None else expected)
+
+
+def test_from_env_include_trace_id_refuses_other_words() -> None:
+    with pytest.raises(InvalidConfig) as raised:
+        KafkaLogConfig.from_env(environ={**ENV, "KAFKA_LOG_INCLUDE_TRACE_ID": "maybe"})
+    assert raised.value.field == "include_trace_id"
+    assert str(raised.value).startswith("KAFKA_LOG_INCLUDE_TRACE_ID: expected true or false")

@@ -25,6 +25,7 @@ from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse  # noqa: E402
 from django.test import AsyncClient, Client, override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, set_serialize_value  # noqa: E402
 from kafka_log_middleware.django import KafkaLogMiddleware as DjangoMiddleware  # noqa: E402
@@ -127,6 +128,24 @@ def test_the_middleware_logs_routes_from_resolver_match(scripted: Scripted) -> N
     assert items["route"] == ITEMS and items["response"]["status"] == 201
     assert items["request"]["method"] == "POST"
     assert missing["response"]["status"] == 404 and "route" not in missing
+
+
+def test_the_middleware_logs_the_span_or_traceparent_trace_id(scripted: Scripted) -> None:
+    tracer = TracerProvider().get_tracer("tests")
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace}-00f067aa0ba902b7-01"
+    with override_settings(KAFKA_LOG={**SCRIPTED, "log_format": "kong3"}):
+        client = Client()
+        with tracer.start_as_current_span("http") as span:
+            client.get("/hello/a", HTTP_TRACEPARENT=traceparent)
+        client.get("/hello/b", HTTP_TRACEPARENT=traceparent)
+        client.get("/hello/c", HTTP_TRACEPARENT="ff" + traceparent[2:])
+        middleware = middleware_of(client.handler)
+        a, b, c = published(scripted, middleware, 3)
+        middleware.close()
+    assert a["trace_id"] == {"w3c": f"{span.get_span_context().trace_id:032x}"}
+    assert b["trace_id"] == {"w3c": trace}
+    assert "trace_id" not in c
 
 
 async def test_the_middleware_is_async_capable(

@@ -13,6 +13,7 @@ import pytest
 flask = pytest.importorskip("flask")
 
 from flask import Flask, Request, request  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 
 from kafka_log_middleware import InvalidConfig, KafkaLogWSGIMiddleware, set_serialize_value  # noqa: E402
 from kafka_log_middleware.flask import KafkaLog  # noqa: E402
@@ -89,6 +90,22 @@ def test_kafka_log_app_reads_app_config_and_logs_the_url_rule(
     assert hello["response"]["status"] == 200
     assert {h.topic for h in scripted.handovers()} == {"flask-logs"}
     assert missing["response"]["status"] == 404 and "route" not in missing
+
+
+def test_the_span_or_traceparent_trace_id_is_logged(scripted: Scripted, apps: list[Flask]) -> None:
+    tracer = TracerProvider().get_tracer("tests")
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {"traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+    app = make_app(apps, KAFKA_LOG={**SETTINGS, "log_format": "kong3"})
+    KafkaLog(app)
+    with tracer.start_as_current_span("http") as span:
+        app.test_client().get("/hello/a", headers=headers, buffered=True)
+    app.test_client().get("/hello/b", headers=headers, buffered=True)
+    app.test_client().get("/hello/c", headers={"traceparent": "00-" + "0" * 32}, buffered=True)
+    a, b, c = sorted(published(scripted, app, 3), key=lambda e: e["request"]["uri"])
+    assert a["trace_id"] == {"w3c": f"{span.get_span_context().trace_id:032x}"}
+    assert b["trace_id"] == {"w3c": trace}
+    assert "trace_id" not in c
 
 
 def test_the_app_s_own_request_class_keeps_working_and_records_the_route(

@@ -43,6 +43,7 @@ from kafka_log_middleware.config import KafkaLogConfig, LogFormat
 from kafka_log_middleware.custom_fields import set_serialize_value
 from kafka_log_middleware.routes import matched_route
 from kafka_log_middleware.serializer import build_entry, encode_entry
+from kafka_log_middleware.tracing import trace_id
 
 from .test_serializer import (
     Case,
@@ -158,6 +159,7 @@ def _native_result(request: CapturedRequest) -> Any:
     return native.encode(
         plan, r, r.scope, r.status, r.response_headers, r.body_sent, r.body_read,
         r.file_path, r.client_gone, r.started_at, r.t_start, r.t_response, r.t_end,
+        trace_id(r),
     )  # fmt: skip
 
 
@@ -434,6 +436,7 @@ def _config_for(rng: random.Random) -> tuple[KafkaLogConfig, bool]:
         route=route,
         consumer=consumer,
         authenticated_entity=credential,
+        include_trace_id=rng.choice([None, None, True, False]),
     )
     finish = route_finish or consumer_finish or credential_finish or service == {"ratio": 1.5}
     return config, finish
@@ -522,7 +525,20 @@ def _plain_request(rng: random.Random, tmp: Path) -> Generated:
     request.raised = rng.random() < 0.2
     if rng.random() < 0.1:
         request.file_path = rng.choice([str(tmp / "f.txt"), str(tmp / "missing")])
+    if rng.random() < 0.3:
+        request.trace_id = rng.choice([1, rng.getrandbits(128)])  # the span's
+    if rng.random() < 0.4 and isinstance(scope.get("headers"), list):
+        scope["headers"].append((b"traceparent", rng.choice(_TRACEPARENTS)))
     return Generated(request, finish)
+
+
+_TRACEPARENTS = [
+    b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00-future",
+    b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+    b"00-4bf92f3577b34da6a3ce929d0e0e4736",
+]
 
 
 def _clone(request: CapturedRequest) -> CapturedRequest:
@@ -540,6 +556,7 @@ def _clone(request: CapturedRequest) -> CapturedRequest:
         "file_path",
         "raised",
         "client_gone",
+        "trace_id",
     ):
         setattr(clone, name, getattr(request, name))
     return clone
@@ -803,6 +820,7 @@ def test_generated_requests(files: Path, recorder: Recorder) -> None:
     total = 4000
     paths: Counter[str] = Counter()
     quirks: Counter[str] = Counter()
+    traced = 0
     for _ in range(total):
         case = _generated(rng, files)
         run = recorder.run(case.request)
@@ -816,12 +834,15 @@ def test_generated_requests(files: Path, recorder: Recorder) -> None:
             _assert_head(run.result, case.request)
         paths[run.path] += 1
         quirks.update(case.quirks)
+        if run.path == "native" and b',"trace_id":{"w3c":' in (run.data or b""):
+            traced += 1
     # Only the quirked requests fall back: most are encoded natively, whole.
     assert paths["native"] >= 0.6 * total
     assert paths["finish"] >= 0.05 * total
     assert paths["python"] >= 0.1 * total
     assert set(quirks) == {quirk.__name__ for quirk in _QUIRKS + _RAISING_QUIRKS}
     assert min(quirks.values()) >= 15
+    assert traced >= 0.1 * total  # trace ids, from spans and headers, written natively
 
 
 # -- fallbacks and hooks -------------------------------------------------------------
@@ -890,6 +911,27 @@ def test_each_hook_runs_once_per_entry(layout: LogFormat) -> None:
     assert calls == ["route", "consumer", "credential"]
     assert _bytes(data) == _python(request)
     assert list(orjson.loads(data))[-2:] == ["route", "consumer"]
+
+
+def test_trace_id_keeps_its_place_after_fields_left_to_orjson() -> None:
+    config = _config("kong3", route=lambda r: {"name": "r"}, consumer=lambda r: {"w": 0.5})
+    request = _request(config=config, trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736)
+    result = _native_result(request)
+    _, fields = result
+    assert [name for name, _ in fields] == ["consumer", "trace_id"]
+    assert fields[1][1] == {"w3c": "4bf92f3577b34da6a3ce929d0e0e4736"}
+    _assert_head(result, request)
+    assert _outcome(lambda: encode_entry(request)) == _python(request)
+
+
+def test_trace_id_is_written_natively() -> None:
+    scope = _get_scope()
+    scope["headers"].append((b"traceparent", b"00-" + b"ab" * 16 + b"-" + b"cd" * 8 + b"-01"))
+    request = _request(scope, _config("kong3", route=lambda r: {"name": "r"}))
+    data = _native_result(request)
+    assert type(data) is bytes
+    assert data.endswith(b',"route":{"name":"r"},"trace_id":{"w3c":"' + b"ab" * 16 + b'"}}')
+    assert _bytes(data) == _python(request)
 
 
 def test_hook_values_orjson_must_write_keep_their_place() -> None:

@@ -1933,3 +1933,60 @@ def test_a_stray_byte_leaves_the_rest_of_the_target_readable() -> None:
     assert entry["request"]["uri"] == "/caf\u00e9?q=\u00e9t\u00e9\u00ff&r=%ff"
     assert entry["request"]["querystring"] == {"q": "\u00e9t\u00e9\u00ff", "r": "\u00ff"}
     assert entry == build_entry(_request(scope)) | {"latencies": entry["latencies"]}
+
+
+# -- trace ids (tracing.py): placed as Kong's tracing plugins' set_serialize_value ------
+
+_TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_whole_entry_kong3_with_a_trace_id() -> None:
+    scope = _get_scope()
+    scope["headers"].append((b"traceparent", _TRACEPARENT))
+    config = _config("kong3", request_id_header="X-Request-ID", consumer=lambda r: {"id": "c"})
+    entry = build_entry(_request(scope, config))
+    headers = {**_GET_REQUEST["headers"], "traceparent": _TRACEPARENT.decode()}
+    assert _json(entry) == {
+        "request": {**_GET_REQUEST, "headers": headers, "size": 265, "id": REQUEST_ID},
+        "upstream_uri": _GET_URI,
+        "upstream_status": "200",
+        "response": {"status": 200, "headers": _GET_RESPONSE_HEADERS, "size": 118},
+        "latencies": {"request": 15, "proxy": 12, "kong": 0, "receive": 3},
+        "client_ip": "10.0.0.7",
+        "started_at": 1700000000500,
+        "source": "upstream",
+        "workspace_name": "default",
+        "consumer": {"id": "c"},
+        "trace_id": {"w3c": "4bf92f3577b34da6a3ce929d0e0e4736"},
+    }
+    assert list(entry)[-2:] == ["consumer", "trace_id"]
+
+
+def test_trace_id_comes_before_custom_fields_which_may_replace_it() -> None:
+    scope = _get_scope()
+    scope["headers"].append((b"traceparent", _TRACEPARENT))
+    config = _config("kong3", custom_fields={"app": lambda r: "1"})
+    assert list(build_entry(_request(scope, config)))[-2:] == ["trace_id", "app"]
+    config = _config("kong3", custom_fields={"trace_id.w3c": lambda r: "mine"})
+    assert build_entry(_request(scope, config))["trace_id"] == {"w3c": "mine"}
+
+
+@pytest.mark.parametrize(
+    ("layout", "include", "logged"),
+    [("kong2", None, False), ("kong3", None, True), ("kong2", True, True), ("kong3", False, False)],
+)
+def test_trace_id_by_layout_and_include_trace_id(
+    layout: LogFormat, include: bool | None, logged: bool
+) -> None:
+    scope = _get_scope()
+    scope["headers"].append((b"traceparent", _TRACEPARENT))
+    entry = build_entry(_request(scope, _config(layout, include_trace_id=include)))
+    assert ("trace_id" in entry) is logged
+    assert "trace_id" not in build_entry(_request(config=_config(layout, include_trace_id=include)))
+
+
+def test_the_spans_trace_id_wins_over_the_header() -> None:
+    scope = _get_scope()
+    scope["headers"].append((b"traceparent", _TRACEPARENT))
+    entry = build_entry(_request(scope, _config("kong3"), trace_id=0xABC))
+    assert entry["trace_id"] == {"w3c": "abc".rjust(32, "0")}

@@ -57,6 +57,8 @@ pub struct Facts<'a, 'py> {
     pub t_start: &'a Bound<'py, PyAny>,
     pub t_response: &'a Bound<'py, PyAny>,
     pub t_end: &'a Bound<'py, PyAny>,
+    /// The trace id to log as `{"w3c": ...}` (32 lowercase hex digits), if any.
+    pub trace_id: Option<&'a str>,
 }
 
 /// Everything before `service`; the scope on success, for the hooks.
@@ -135,12 +137,14 @@ fn head<'a, 'py>(
     Ok(scope)
 }
 
-/// `service`, then each entity hook in `build_entry`'s order; the fields left to orjson.
+/// `service`, then each entity hook in `build_entry`'s order, then `trace_id`; the
+/// fields left to orjson.
 pub fn write_tail<'py>(
     out: &mut Vec<u8>,
     plan: &Plan,
     request: &Bound<'py, PyAny>,
     scope: &Bound<'py, PyDict>,
+    trace_id: Option<&str>,
 ) -> PyResult<Vec<(&'static str, Bound<'py, PyAny>)>> {
     let py = request.py();
     let mut pending = Vec::new();
@@ -183,6 +187,18 @@ pub fn write_tail<'py>(
         };
         if !value.is_none() && !add_field(out, &pending, name, &value) {
             pending.push((name, value));
+        }
+    }
+    if let Some(trace_id) = trace_id {
+        if pending.is_empty() {
+            out.extend_from_slice(b",\"trace_id\":{\"w3c\":");
+            json::string(out, trace_id);
+            out.push(b'}');
+        } else {
+            // After fields left to orjson: it writes this one too, keeping the order.
+            let formats = PyDict::new(py);
+            formats.set_item("w3c", trace_id)?;
+            pending.push(("trace_id", formats.into_any()));
         }
     }
     Ok(pending)

@@ -18,7 +18,7 @@ mod nginx;
 mod value;
 
 /// Version of the calling convention between this module and `serializer.py`.
-const PROTOCOL: u32 = 4;
+const PROTOCOL: u32 = 5;
 
 /// Constants of `kafka_log_middleware` the entry depends on, given once at import so
 /// that the Python modules stay their single source.
@@ -201,6 +201,7 @@ fn encode<'py>(
     t_start: &Bound<'py, PyAny>,
     t_response: &Bound<'py, PyAny>,
     t_end: &Bound<'py, PyAny>,
+    trace_id: Option<&str>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let facts = entry::Facts {
         request,
@@ -215,6 +216,7 @@ fn encode<'py>(
         t_start,
         t_response,
         t_end,
+        trace_id,
     };
     // One buffer per thread, reused: taken, not borrowed, so that a hook that encodes
     // an entry of its own simply gets a new one.
@@ -242,7 +244,7 @@ fn encode_into<'py>(
     let Some(scope) = entry::write_head(out, plan, facts) else {
         return Ok(None);
     };
-    let pending = entry::write_tail(out, plan, facts.request, scope)?;
+    let pending = entry::write_tail(out, plan, facts.request, scope, facts.trace_id)?;
     out.push(b'}');
     let data = PyBytes::new(py, out).into_any();
     if pending.is_empty() {
