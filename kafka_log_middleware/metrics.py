@@ -156,20 +156,14 @@ class KafkaLogCollector(Collector):
                 totals = by_topic.setdefault(read[0], {})
                 for key, value in read[1].items():
                     totals[key] = totals.get(key, 0) + value
-        counters: list[Metric] = []
-        for name, doc in COUNTERS.items():
-            counter = CounterMetricFamily(PREFIX + name, doc, labels=["topic"])
-            counters.append(counter)
-            for topic, stats in by_topic.items():
-                if name in stats:
-                    counter.add_metric([topic], stats[name])
-        gauges: list[Metric] = []
-        for name, doc in GAUGES.items():
-            gauge = GaugeMetricFamily(PREFIX + name, doc, labels=["topic"])
-            gauges.append(gauge)
-            for topic, stats in by_topic.items():
-                if name in stats:
-                    gauge.add_metric([topic], stats[name])
+        families: list[Metric] = []
+        for table, kind in ((COUNTERS, CounterMetricFamily), (GAUGES, GaugeMetricFamily)):
+            for name, doc in table.items():
+                family = kind(PREFIX + name, doc, labels=["topic"])
+                families.append(family)
+                for topic, stats in by_topic.items():
+                    if name in stats:
+                        family.add_metric([topic], stats[name])
         dropped = CounterMetricFamily(
             PREFIX + "dropped", "Entries dropped, by reason.", labels=["topic", "reason"]
         )
@@ -180,7 +174,7 @@ class KafkaLogCollector(Collector):
         latency = HistogramMetricFamily(LATENCY, LATENCY_DOC, labels=["topic"])
         for topic, buckets in list(self._latency.items()):
             buckets.family(topic, latency)
-        return [*counters, *gauges, dropped, latency]
+        return [*families, dropped, latency]
 
 
 class _Source:
