@@ -35,7 +35,7 @@ from .config import InvalidConfig, KafkaLogConfig
 from .environ import scope_of
 from .routes import MatchedRoute
 from .types import Scope
-from .wsgi import ROUTE_KEY, carry_app_facts
+from .wsgi import ROUTE_KEY, _CountedInput, carry_app_facts
 
 _perf = time.perf_counter
 USER_KEY = "kafka_log_middleware.django_user"
@@ -94,7 +94,11 @@ class KafkaLogMiddleware:
         pipeline = self._background.started()
         asgi_scope = getattr(request, "scope", None)
         scope = dict(asgi_scope) if asgi_scope is not None else scope_of(request.META)
-        return DjangoRequest(scope, pipeline.config, pipeline.buffer.put_threadsafe)
+        capture = DjangoRequest(scope, pipeline.config, pipeline.buffer.put_threadsafe)
+        if capture.request_body is not None:
+            # HttpRequest reads its body (.body, .read(), .POST, …) from _stream.
+            request._stream = _CountedInput(request._stream, capture)
+        return capture
 
     # -- runtime control ------------------------------------------------------
 
@@ -147,7 +151,10 @@ def _responded(capture: DjangoRequest, request: HttpRequest, response: HttpRespo
     if response.streaming:
         _count_stream(response, capture)
     else:
-        capture.body_sent = len(response.content)
+        content = response.content
+        capture.body_sent = len(content)
+        if capture.response_body is not None:
+            capture.response_body.add(content)
     close = response.close
 
     def closed() -> None:
@@ -174,14 +181,20 @@ def _count_stream(response: Any, capture: CapturedRequest) -> None:
 
 
 def _counted(stream: Iterable[bytes], capture: CapturedRequest) -> Iterator[bytes]:
+    copy = capture.response_body
     for chunk in stream:
         capture.body_sent += len(chunk)
+        if copy is not None:
+            copy.add(chunk)
         yield chunk
 
 
 async def _acounted(stream: AsyncIterator[bytes], capture: CapturedRequest) -> AsyncIterator[bytes]:
+    copy = capture.response_body
     async for chunk in stream:
         capture.body_sent += len(chunk)
+        if copy is not None:
+            copy.add(chunk)
         yield chunk
 
 

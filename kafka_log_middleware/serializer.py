@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import _log, nginx_vars
+from .bodies import body_fields, header
 from .custom_fields import EDITS_KEY, apply_edit, apply_edits, request_edits
 from .gateway import UPSTREAM_KEY, Upstream, apply_upstream
 from .routes import matched_route
@@ -86,7 +87,14 @@ def _plan(config: KafkaLogConfig) -> Any:
 def _new_plan(config: KafkaLogConfig) -> Any:
     global _native_tables
     plan = None
-    python_only = config.redact_query_args or config.redaction_key is not None
+    # Bodies: decoding, JSON redaction and base64 are Python's; the native Plan has no
+    # body fields, so a config that logs bodies builds its entries in Python.
+    python_only = (
+        config.redact_query_args
+        or config.redaction_key is not None
+        or config.include_request_body
+        or config.include_response_body
+    )
     if _native is not None and config.native_serializer and not python_only:
         try:
             if _native_tables is None:
@@ -202,6 +210,9 @@ def _request(
         out["tls"] = tls
     if kong3:
         out["id"] = _request_id(request)
+    if request.request_body is not None:
+        content_type = header(scope.get("headers", ()), b"content-type")
+        out.update(body_fields(request.request_body, content_type, config, _body_mark(config)))
     return out
 
 
@@ -240,12 +251,17 @@ def _response(request: CapturedRequest, kong3: bool) -> dict[str, Any]:
             status, raw_headers = 500, nginx_vars.SERVER_ERROR_HEADERS
     size = nginx_vars.bytes_sent(request)
     headers = nginx_vars.headers(raw_headers)
-    _redact(headers, request.config.redact_response_headers, request.config, raw_headers)
-    return {
+    config = request.config
+    _redact(headers, config.redact_response_headers, config, raw_headers)
+    out: dict[str, Any] = {
         "status": status,
         "headers": headers,
         "size": size if kong3 else str(size),
     }
+    if request.response_body is not None and request.status:
+        content_type = header(raw_headers, b"content-type")
+        out.update(body_fields(request.response_body, content_type, config, _body_mark(config)))
+    return out
 
 
 def _redact(
@@ -287,6 +303,17 @@ def _mark(config: KafkaLogConfig) -> Callable[[bytes], bytes]:
     if key is None:
         return lambda value: REDACTED.encode()
     return lambda value: keyed_hash(key, value).encode()
+
+
+def _body_mark(config: KafkaLogConfig) -> Callable[[Any], str]:
+    """A redacted JSON body value's mark: ``"REDACTED"``, or with a ``redaction_key`` the
+    keyed hash of the string (of its JSON text, for another value)."""
+    key = config.redaction_key
+    if key is None:
+        return lambda value: REDACTED
+    return lambda value: keyed_hash(
+        key, value.encode() if isinstance(value, str) else orjson.dumps(value)
+    )
 
 
 def _redacted_target(target: nginx_vars.Target, config: KafkaLogConfig) -> nginx_vars.Target:
