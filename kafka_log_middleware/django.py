@@ -96,8 +96,11 @@ class KafkaLogMiddleware:
         scope = dict(asgi_scope) if asgi_scope is not None else scope_of(request.META)
         capture = DjangoRequest(scope, pipeline.config, pipeline.buffer.put_threadsafe)
         if capture.request_body is not None:
-            # HttpRequest reads its body (.body, .read(), .POST, …) from _stream.
+            # HttpRequest reads its body (.body, .read(), .POST, …) from _stream; a view
+            # may read a chunked WSGI body from wsgi.input itself.
             request._stream = _CountedInput(request._stream, capture)
+            if "wsgi.input" in request.META:
+                request.META["wsgi.input"] = _CountedInput(request.META["wsgi.input"], capture)
         return capture
 
     # -- runtime control ------------------------------------------------------
