@@ -14,6 +14,7 @@ import base64
 import codecs
 import contextlib
 import fnmatch
+import functools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -98,25 +99,44 @@ def _body(
 ) -> dict[str, Any]:
     if not data:
         return {"body": ""}
-    media_type, charset = _media_type(content_type)
-    if not _allowed(media_type, config.body_content_types):
+    kind, encoding = _kind(content_type, config.body_content_types)
+    if kind == "omit":
         return {"body_omitted": OMITTED_TYPE}
-    if _is_json(media_type) and config.redact_body_keys:
+    if kind == "json" and config.redact_body_keys:
         redacted = _redacted_json(data, truncated, config.redact_body_keys, mark)
         if redacted is None:
             return {"body_omitted": OMITTED_REDACTION}
         return {"body": redacted}
-    if _is_text(media_type):
-        return {"body": _decoded(data, charset, truncated)}
-    return {"body": base64.b64encode(data).decode("ascii"), "body_encoding": "base64"}
+    if kind == "binary":
+        return {"body": base64.b64encode(data).decode("ascii"), "body_encoding": "base64"}
+    return {"body": _decoded(data, encoding, truncated)}
 
 
 def header(headers: Iterable[tuple[bytes, bytes]], wanted: bytes) -> bytes | None:
     """The first value of the (lowercase) header ``wanted`` among raw header pairs."""
+    size = len(wanted)
     for name, value in headers:
-        if name.lower() == wanted:
-            return value
+        if len(name) == size and isinstance(name, bytes) and name.lower() == wanted:
+            return value if isinstance(value, bytes) else None
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _kind(content_type: bytes | None, patterns: tuple[str, ...]) -> tuple[str, str]:
+    """How a body of this ``Content-Type`` is logged (``"omit"``, ``"json"``, ``"text"``,
+    ``"binary"``) and the codec of its text. Cached: an app sends few distinct ones."""
+    media_type, charset = _media_type(content_type)
+    if not media_type or not any(fnmatch.fnmatchcase(media_type, p) for p in patterns):
+        return "omit", ""
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return "json", "utf-8"
+    if (
+        media_type.startswith("text/")
+        or media_type in _TEXT_TYPES
+        or media_type.endswith(("+json", "+xml"))
+    ):
+        return "text", _codec(charset)
+    return "binary", ""
 
 
 def _media_type(content_type: bytes | None) -> tuple[str, str | None]:
@@ -133,31 +153,22 @@ def _media_type(content_type: bytes | None) -> tuple[str, str | None]:
     return media_type.strip().lower(), charset
 
 
-def _allowed(media_type: str, patterns: tuple[str, ...]) -> bool:
-    return bool(media_type) and any(fnmatch.fnmatchcase(media_type, p) for p in patterns)
-
-
-def _is_json(media_type: str) -> bool:
-    return media_type == "application/json" or media_type.endswith("+json")
-
-
-def _is_text(media_type: str) -> bool:
-    return (
-        media_type.startswith("text/")
-        or media_type in _TEXT_TYPES
-        or media_type.endswith(("+json", "+xml"))
-    )
-
-
-def _decoded(data: bytes, charset: str | None, truncated: bool) -> str:
-    """``data`` as text in its charset (UTF-8 unless a known other one is declared);
-    invalid bytes become U+FFFD, and a character cut by the cap is dropped."""
-    encoding = "utf-8"
+def _codec(charset: str | None) -> str:
+    """The text codec of ``charset``: UTF-8 unless a known other text one is declared."""
     if charset is not None:
         with contextlib.suppress(LookupError):
             info = codecs.lookup(charset)
             if getattr(info, "_is_text_encoding", False):  # not base64, zlib, …
-                encoding = info.name
+                return info.name
+    return "utf-8"
+
+
+def _decoded(data: bytes, encoding: str, truncated: bool) -> str:
+    """``data`` as text; invalid bytes become U+FFFD, and a character cut by the cap is
+    dropped."""
+    if not truncated:
+        with contextlib.suppress(UnicodeDecodeError):
+            return data.decode(encoding)
     decoder = codecs.getincrementaldecoder(encoding)("replace")
     return decoder.decode(data, final=not truncated)
 

@@ -35,7 +35,7 @@ def encode_entry(request: CapturedRequest) -> bytes:
     ``native_serializer`` on, the same bytes come from one native call. It hands back
     to ``build_entry`` whatever it does not reproduce exactly (``custom_fields``,
     request edits, a gateway's upstream facts, unusual types in the scope), deciding
-    so before any hook runs.
+    so before any hook runs. Body fields are built here, in Python, and written by it.
     """
     if _native is not None:
         config = request.config
@@ -46,6 +46,8 @@ def encode_entry(request: CapturedRequest) -> bytes:
             out = _native.encode(
                 plan, r, r.scope, r.status, r.response_headers, r.body_sent, r.body_read,
                 r.file_path, r.client_gone, r.started_at, r.t_start, r.t_response, r.t_end,
+                None if r.request_body is None else _request_body(r),
+                None if r.response_body is None else _response_body(r),
             )  # fmt: skip
             if type(out) is bytes:
                 return out
@@ -61,7 +63,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installation
     _native_module = None  # type: ignore[assignment, unused-ignore]
 # A module built from another version of this package (another protocol) is ignored.
-_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 4 else None
+_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 5 else None
 
 _plans: dict[int, tuple[KafkaLogConfig, Any]] = {}
 """id(config) → (config, its native Plan or None); holding the config keeps the id unique."""
@@ -87,14 +89,7 @@ def _plan(config: KafkaLogConfig) -> Any:
 def _new_plan(config: KafkaLogConfig) -> Any:
     global _native_tables
     plan = None
-    # Bodies: decoding, JSON redaction and base64 are Python's; the native Plan has no
-    # body fields, so a config that logs bodies builds its entries in Python.
-    python_only = (
-        config.redact_query_args
-        or config.redaction_key is not None
-        or config.include_request_body
-        or config.include_response_body
-    )
+    python_only = config.redact_query_args or config.redaction_key is not None
     if _native is not None and config.native_serializer and not python_only:
         try:
             if _native_tables is None:
@@ -211,9 +206,25 @@ def _request(
     if kong3:
         out["id"] = _request_id(request)
     if request.request_body is not None:
-        content_type = header(scope.get("headers", ()), b"content-type")
-        out.update(body_fields(request.request_body, content_type, config, _body_mark(config)))
+        out.update(_request_body(request))
     return out
+
+
+def _request_body(request: CapturedRequest) -> dict[str, Any]:
+    """The request's body fields (``include_request_body``)."""
+    assert request.request_body is not None
+    content_type = header(request.scope.get("headers", ()), b"content-type")
+    config = request.config
+    return body_fields(request.request_body, content_type, config, _body_mark(config))
+
+
+def _response_body(request: CapturedRequest) -> dict[str, Any] | None:
+    """The response's body fields (``include_response_body``); None without a response."""
+    if request.response_body is None or not request.status:
+        return None
+    content_type = header(request.response_headers, b"content-type")
+    config = request.config
+    return body_fields(request.response_body, content_type, config, _body_mark(config))
 
 
 def _url(scope: Any, target: nginx_vars.Target, uri: str, kong3: bool) -> str:
@@ -258,9 +269,8 @@ def _response(request: CapturedRequest, kong3: bool) -> dict[str, Any]:
         "headers": headers,
         "size": size if kong3 else str(size),
     }
-    if request.response_body is not None and request.status:
-        content_type = header(raw_headers, b"content-type")
-        out.update(body_fields(request.response_body, content_type, config, _body_mark(config)))
+    if request.response_body is not None:
+        out.update(_response_body(request) or {})
     return out
 
 
@@ -305,12 +315,16 @@ def _mark(config: KafkaLogConfig) -> Callable[[bytes], bytes]:
     return lambda value: keyed_hash(key, value).encode()
 
 
+def _redacted_value(value: Any) -> str:
+    return REDACTED
+
+
 def _body_mark(config: KafkaLogConfig) -> Callable[[Any], str]:
     """A redacted JSON body value's mark: ``"REDACTED"``, or with a ``redaction_key`` the
     keyed hash of the string (of its JSON text, for another value)."""
     key = config.redaction_key
     if key is None:
-        return lambda value: REDACTED
+        return _redacted_value
     return lambda value: keyed_hash(
         key, value.encode() if isinstance(value, str) else orjson.dumps(value)
     )

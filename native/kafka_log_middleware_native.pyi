@@ -63,8 +63,11 @@ def encode(
     t_start: Any,
     t_response: Any,
     t_end: Any,
+    request_body: dict[str, Any] | None,
+    response_body: dict[str, Any] | None,
     /,
 ) -> bytes | tuple[bytes, list[tuple[str, Any]]] | None:
     """The entry's JSON bytes; None: build it in Python instead; or (entry, fields):
     add these (field, value) pairs last, with orjson. The arguments after ``request``
-    are its attributes of the same names."""
+    up to ``t_end`` are its attributes of the same names; ``request_body`` and
+    ``response_body`` the body fields of each side (``bodies.body_fields``), or None."""

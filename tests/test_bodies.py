@@ -178,9 +178,10 @@ def test_from_env() -> None:
 def captured(
     cfg: KafkaLogConfig,
     request: tuple[bytes, bytes] | None = None,
-    response: tuple[list[bytes], bytes] = ([b"ok"], b"text/plain"),
+    response: tuple[list[bytes], bytes] | None = ([b"ok"], b"text/plain"),
 ) -> ASGIRequest:
-    """A request through ``ASGIRequest``'s receive/send, as a server would drive it."""
+    """A request through ``ASGIRequest``'s receive/send, as a server would drive it
+    (``response`` None: the app sends none)."""
     body, content_type = request or (b"", b"text/plain")
     scope = {
         "type": "http",
@@ -191,7 +192,6 @@ def captured(
         "headers": [(b"host", b"h"), (b"content-type", content_type)],
         "http_version": "1.1",
     }
-    chunks, response_type = response
     sent: list[Any] = []
 
     async def receive() -> Any:
@@ -203,6 +203,10 @@ def captured(
     async def run() -> ASGIRequest:
         captured = ASGIRequest(scope, cfg, receive, send)
         await captured.receive()
+        if response is None:
+            captured.detach()
+            return captured
+        chunks, response_type = response
         headers = [(b"content-type", response_type)]
         await captured.send({"type": "http.response.start", "status": 200, "headers": headers})
         for n, chunk in enumerate(chunks):

@@ -18,7 +18,7 @@ mod nginx;
 mod value;
 
 /// Version of the calling convention between this module and `serializer.py`.
-const PROTOCOL: u32 = 4;
+const PROTOCOL: u32 = 5;
 
 /// Constants of `kafka_log_middleware` the entry depends on, given once at import so
 /// that the Python modules stay their single source.
@@ -201,6 +201,8 @@ fn encode<'py>(
     t_start: &Bound<'py, PyAny>,
     t_response: &Bound<'py, PyAny>,
     t_end: &Bound<'py, PyAny>,
+    request_body: &Bound<'py, PyAny>,
+    response_body: &Bound<'py, PyAny>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let facts = entry::Facts {
         request,
@@ -215,6 +217,8 @@ fn encode<'py>(
         t_start,
         t_response,
         t_end,
+        request_body,
+        response_body,
     };
     // One buffer per thread, reused: taken, not borrowed, so that a hook that encodes
     // an entry of its own simply gets a new one.
