@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,8 +23,10 @@ from starlette.routing import Route
 from kafka_log_middleware import InvalidConfig, KafkaLogConfig, KafkaLogMiddleware
 from kafka_log_middleware.asgi import ASGIRequest
 from kafka_log_middleware.bodies import BodyCopy, body_fields
+from kafka_log_middleware.buffer import LogBuffer
 from kafka_log_middleware.flask import KafkaLog
 from kafka_log_middleware.serializer import HASH_PREFIX, build_entry, encode_entry
+from kafka_log_middleware.wsgi import WSGIRequest
 from tests.kafka_helpers import consume, unique_topic
 from tests.servers import serve
 
@@ -228,6 +231,45 @@ def test_a_50_mb_streamed_response_is_copied_up_to_the_cap_only() -> None:
     assert request.body_sent == FIFTY_MB
     response = build_entry(request)["response"]
     assert len(response["body"]) == 524288 and response["body_truncated"] is True
+
+
+# -- the WSGI door's wrappers, in-process ------------------------------------------------------
+
+
+def wsgi_request(cfg: KafkaLogConfig, body: bytes, written: list[bytes]) -> WSGIRequest:
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": "text/plain",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+    }
+    return WSGIRequest(environ, cfg, lambda *_: written.append, LogBuffer(10))
+
+
+def test_every_wsgi_input_read_is_copied() -> None:
+    body = b"line1\nline2\nline3\nline4\nrest"
+    request = wsgi_request(config(**ON), body, [])
+    stream = request._environ["wsgi.input"]  # type: ignore[index]
+    buffer = bytearray(3)
+    got = [stream.read(2), stream.readline(), stream.readlines(1)[0]]
+    assert stream.readinto(buffer) == 3
+    got += [bytes(buffer), *stream]
+    assert b"".join(got) == body  # the app reads what was sent
+    assert request.request_body is not None and request.request_body.data() == body
+    assert request.body_read == len(body)
+
+
+def test_the_wsgi_write_callable_is_copied() -> None:
+    written: list[bytes] = []
+    request = wsgi_request(config(**ON, max_response_body_bytes=4), b"", written)
+    write = request.start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"abc")
+    write(b"def")
+    assert written == [b"abc", b"def"]
+    assert request.response_body is not None
+    assert request.response_body.data() == b"abcd" and request.response_body.truncated
 
 
 # -- end to end, the real broker -------------------------------------------------------------
