@@ -13,7 +13,10 @@ librdkafka's own threads count), until every entry is delivered:
 5. ``aiokafka`` / ``confluent``: the same, delivered to the broker; ``metrics``: aiokafka
    with Prometheus metrics as in multiprocess mode (the worst case: files written by the
    updating thread every second, the latency of every entry observed);
-6. ``at_least_once``: aiokafka with ``delivery="at_least_once"`` and the disk spool on
+6. ``json_1k``: aiokafka, with a 1 KiB JSON request body echoed back as the response (a
+   Starlette route); ``bodies``: the same with ``include_request_body`` and
+   ``include_response_body`` on (the bodies' cost is ``bodies`` - ``json_1k``);
+7. ``at_least_once``: aiokafka with ``delivery="at_least_once"`` and the disk spool on
    but idle (the broker is up); ``spooling``: the same with the broker unreachable, so
    that every entry goes to the spool (timed until all are on disk).
 
@@ -39,10 +42,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import uvloop
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from bench.apps import Passthrough, build
 from bench.common import (
+    HEADERS,
     closed_port,
     discard,
     environment,
@@ -91,10 +100,54 @@ def acking_producers() -> Iterator[None]:
         producers._make = make
 
 
-async def _drive(app: ASGIApp, count: int) -> None:
+_ITEMS = [{"id": n, "name": f"item-{n:04d}"} for n in range(30)]
+_SHORT = len(orjson.dumps({"items": _ITEMS, "pad": ""}))
+JSON_1K = orjson.dumps({"items": _ITEMS, "pad": "x" * (1024 - _SHORT)})
+"""A 1 KiB JSON body, both ways in the ``json_1k`` and ``bodies`` stages."""
+_JSON_REQUEST = {"type": "http.request", "body": JSON_1K, "more_body": False}
+_JSON_HEADERS = [
+    *HEADERS,
+    (b"content-type", b"application/json"),
+    (b"content-length", b"%d" % len(JSON_1K)),
+]
+
+
+def json_scope() -> dict[str, Any]:
+    """``POST /echo`` with the 1 KiB JSON body's headers."""
+    return http_scope() | {
+        "method": "POST",
+        "path": "/echo",
+        "raw_path": b"/echo",
+        "headers": _JSON_HEADERS,
+    }
+
+
+async def receive_json() -> dict[str, Any]:
+    """ASGI ``receive``: the 1 KiB JSON body."""
+    return _JSON_REQUEST
+
+
+async def _echo(request: Request) -> Response:
+    return Response(await request.body(), media_type="application/json")
+
+
+def json_app() -> ASGIApp:
+    """The app of the JSON stages: the request body echoed back."""
+    return Starlette(routes=[Route("/echo", _echo, methods=["POST"])])
+
+
+Traffic = tuple[Callable[[], dict[str, Any]], Callable[[], Any]]
+"""A stage's requests: a scope factory and the ASGI ``receive``."""
+GET: Traffic = (http_scope, receive_request)
+JSON_TRAFFIC: Traffic = (json_scope, receive_json)
+STAGE_TRAFFIC = {"json_1k": JSON_TRAFFIC, "bodies": JSON_TRAFFIC}
+
+
+async def _drive(app: ASGIApp, count: int, traffic: Traffic = GET) -> None:
+    scope, receive = traffic
     for start in range(0, count, SLICE):
         for _ in range(min(SLICE, count - start)):
-            await app(http_scope(), receive_request, discard)
+            await app(scope(), receive, discard)
         await asyncio.sleep(0)
 
 
@@ -115,17 +168,21 @@ async def _settled(middleware: KafkaLogMiddleware, left: int, timeout: float) ->
 
 
 async def _stage(
-    app: ASGIApp, middleware: KafkaLogMiddleware | None, count: int, expected: str
+    app: ASGIApp,
+    middleware: KafkaLogMiddleware | None,
+    count: int,
+    expected: str,
+    traffic: Traffic = GET,
 ) -> float:
     """CPU µs per request for ``count`` requests through ``app``, entries ``expected``:
     ``"delivered"``; ``"dropped"``: the buffer bound is reached, every entry is dropped
     and the single buffered one stays pending for good; ``"spooled"``: on disk."""
     left = 1 if expected == "dropped" else 0
-    await _drive(app, WARM)
+    await _drive(app, WARM, traffic)
     if middleware is not None:
         await _settled(middleware, left, 60)
     cpu = time.process_time()
-    await _drive(app, count)
+    await _drive(app, count, traffic)
     if middleware is not None:
         await _settled(middleware, left, 60)
     used = time.process_time() - cpu
@@ -145,8 +202,8 @@ def stages(
         bootstrap_servers=servers(bootstrap), topic=f"bench-breakdown-{uuid.uuid4().hex[:8]}"
     )
 
-    def logged(config: KafkaLogConfig) -> tuple[ASGIApp, Any]:
-        middleware = KafkaLogMiddleware(build("bare"), config)
+    def logged(config: KafkaLogConfig, app: ASGIApp | None = None) -> tuple[ASGIApp, Any]:
+        middleware = KafkaLogMiddleware(app or build("bare"), config)
         return middleware, middleware
 
     out: dict[str, Callable[[], tuple[ASGIApp, Any]]] = {
@@ -163,6 +220,10 @@ def stages(
         "publisher_native": lambda: logged(up.replace(topic="acked")),
         "publisher_python": lambda: logged(up.replace(topic="acked", native_serializer=False)),
         "aiokafka": lambda: logged(up),
+        "json_1k": lambda: logged(up, json_app()),
+        "bodies": lambda: logged(
+            up.replace(include_request_body=True, include_response_body=True), json_app()
+        ),
     }
     if has_module("prometheus_client"):
         out["metrics"] = lambda: with_metrics(logged(up))
@@ -249,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                 ):
                     app, middleware = make()
                     expected = STAGE_EXPECTS.get(name, "delivered")
-                    us = uvloop.run(_stage(app, middleware, args.requests, expected))
+                    traffic = STAGE_TRAFFIC.get(name, GET)
+                    us = uvloop.run(_stage(app, middleware, args.requests, expected, traffic))
                 runs.setdefault(name, []).append(us)
                 print(f"  {name:18} {us:6.2f} µs/request", flush=True)
         shutil.rmtree(spool, ignore_errors=True)
@@ -261,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     print("breakdown: fastest rounds (µs per request; + over bare)", flush=True)
     for name, us in fastest.items():
         print(f"  {name:18} {us:6.2f}  (+{us - fastest['bare']:.2f})", flush=True)
+    if "bodies" in fastest:
+        extra = fastest["bodies"] - fastest["json_1k"]
+        print(f"  bodies on, over json_1k (1 KiB JSON both ways): {extra:+.2f} µs", flush=True)
     for kind, us in alone.items():
         print(f"  encode_entry alone, {kind}: {us:.2f} µs", flush=True)
     write_json(

@@ -333,6 +333,14 @@ def breakdown_section(data: dict[str, Any]) -> list[str]:
     ):
         if stage in m:
             rows.append((words, m[stage] - m["aiokafka"], f"{stage} - aiokafka"))
+    if "bodies" in m and "json_1k" in m:
+        rows.append(
+            (
+                "bodies on (1 KiB JSON both ways), over the same traffic with bodies off",
+                m["bodies"] - m["json_1k"],
+                "bodies - json_1k",
+            )
+        )
     rows.append(
         (
             "(the Python serializer instead of the native one adds)",

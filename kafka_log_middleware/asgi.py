@@ -246,7 +246,10 @@ class ASGIRequest(CapturedRequest):
         """Pass ``receive`` through, counting request body bytes and disconnects."""
         message = await self._receive()
         if message["type"] == "http.request":
-            self.body_read += len(message.get("body", b""))
+            body = message.get("body", b"")
+            self.body_read += len(body)
+            if self.request_body is not None:
+                self.request_body.add(body)
         elif message["type"] == "http.disconnect" and not self.t_end:
             self._gone()
         return message
@@ -267,7 +270,10 @@ class ASGIRequest(CapturedRequest):
             return self._send(message)
         kind = message["type"]
         if kind == "http.response.body":
-            self.body_sent += len(message.get("body", b""))
+            body = message.get("body", b"")
+            self.body_sent += len(body)
+            if self.response_body is not None:
+                self.response_body.add(body)
             if not message.get("more_body", False):
                 self.t_end = _perf()
         elif kind == "http.response.start":

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from .bodies import BodyCopy
 from .nginx_vars import declared_length, target, text
 from .types import Scope
 
@@ -55,6 +56,8 @@ class CapturedRequest:
         "config",
         "file_path",
         "raised",
+        "request_body",
+        "response_body",
         "response_headers",
         "scope",
         "started_at",
@@ -93,6 +96,10 @@ class CapturedRequest:
     """True when the client left before the response ended (as far as the door can tell)."""
     trace_id: int
     """The trace id of the OpenTelemetry span active at middleware entry; 0 for none."""
+    request_body: BodyCopy | None
+    """The request body's first bytes (``include_request_body``); None when off."""
+    response_body: BodyCopy | None
+    """The response body's first bytes (``include_response_body``); None when off."""
 
     def __init__(self, scope: Scope, config: KafkaLogConfig) -> None:
         self.t_start = _perf()
@@ -109,6 +116,12 @@ class CapturedRequest:
         self.raised = False
         self.client_gone = False
         self.trace_id = 0
+        self.request_body = (
+            BodyCopy(config.max_request_body_bytes) if config.include_request_body else None
+        )
+        self.response_body = (
+            BodyCopy(config.max_response_body_bytes) if config.include_response_body else None
+        )
 
     def finish(self) -> None:
         """Mark the request over now, unless its end was already recorded."""

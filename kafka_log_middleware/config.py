@@ -56,6 +56,7 @@ librdkafka's)."""
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 # An RFC 9110 token: what an HTTP header name is made of.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+*-]+/[a-z0-9!#$&^_.+*-]+")
 _HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
 _HOST = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -143,6 +144,12 @@ class KafkaLogFields(TypedDict, total=False):
     exclude_paths: Iterable[str]
     should_log: Hook | None
     include_trace_id: bool | None
+    include_request_body: bool
+    include_response_body: bool
+    max_request_body_bytes: int
+    max_response_body_bytes: int
+    body_content_types: Iterable[str]
+    redact_body_keys: Iterable[str]
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False, kw_only=True)
@@ -266,6 +273,20 @@ class KafkaLogConfig:
     include_trace_id: bool | None = None
     """Log ``trace_id`` (``{"w3c": ...}``, Kong 3.5+'s) from the active OpenTelemetry span
     or the ``traceparent`` header. None: on with ``log_format="kong3"``, off with kong2."""
+    include_request_body: bool = False
+    """Log the request body (``request.body``, up to ``max_request_body_bytes``)."""
+    include_response_body: bool = False
+    """Log the response body (``response.body``, up to ``max_response_body_bytes``)."""
+    max_request_body_bytes: int = 524288
+    """The most request body bytes copied and logged (APISIX's default, 512 KiB)."""
+    max_response_body_bytes: int = 524288
+    """The most response body bytes copied and logged (APISIX's default, 512 KiB)."""
+    body_content_types: tuple[str, ...] = ("text/*", "application/json", "application/*+json")
+    """Media types whose bodies are logged (``*`` globs, case-insensitive); others are
+    left out (``body_omitted``)."""
+    redact_body_keys: tuple[str, ...] = ()
+    """JSON object keys (any depth, case-insensitive) whose values a logged JSON body shows
+    as ``"REDACTED"`` (or the keyed hash), e.g. ``("password",)``."""
 
     def __post_init__(self) -> None:
         # Each field is checked and normalised in declaration order (the first bad one is
@@ -548,6 +569,8 @@ _INT_FIELDS = frozenset(
         "spool_max_bytes",
         "spool_sync_interval",
         "shutdown_timeout",
+        "max_request_body_bytes",
+        "max_response_body_bytes",
     }
 )
 _warned_env: set[str] = set()
@@ -565,14 +588,27 @@ def _parse_env(name: str, raw: str) -> Any:
             raise ValueError("expected an integer") from None
     if name in ("enable_idempotence", "include_trace_id") and not raw.strip():
         return None
-    if name in ("producer_async", "native_serializer", "enable_idempotence", "include_trace_id"):
+    if name in (
+        "producer_async",
+        "native_serializer",
+        "enable_idempotence",
+        "include_request_body",
+        "include_response_body",
+        "include_trace_id",
+    ):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ValueError("expected true or false")
-    if name in ("redact_headers", "redact_response_headers", "redact_query_args"):
+    if name in (
+        "redact_headers",
+        "redact_response_headers",
+        "redact_query_args",
+        "body_content_types",
+        "redact_body_keys",
+    ):
         return tuple(h.strip() for h in raw.split(",") if h.strip())
     if name == "exclude_paths":
         return _parse_paths(raw)
@@ -761,6 +797,27 @@ def _arg_names(name: str, value: Any) -> tuple[str, ...]:
             name, f"{name} must be a list of argument names, not {_kind(value)}"
         )
     return tuple(dict.fromkeys(_text(name, item, empty=False) for item in value))
+
+
+def _media_types(name: str, value: Any) -> tuple[str, ...]:
+    """Media types without parameters (``type/subtype``, ``*`` globs), lowercased."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidConfigType(name, f"{name} must be a list of media types, not {_kind(value)}")
+    types = tuple(dict.fromkeys(_text(name, item).strip().lower() for item in value))
+    for media_type in types:
+        if not _MEDIA_TYPE.fullmatch(media_type):
+            raise InvalidConfig(
+                name,
+                f"{name}: {media_type!r} is not a media type like 'text/*' or 'application/json'",
+            )
+    return types
+
+
+def _body_keys(name: str, value: Any) -> tuple[str, ...]:
+    """JSON object keys, matched case-insensitively (so kept lowercased)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidConfigType(name, f"{name} must be a list of JSON keys, not {_kind(value)}")
+    return tuple(dict.fromkeys(_text(name, item, empty=False).lower() for item in value))
 
 
 def _redaction_key(name: str, value: Any) -> bytes:
@@ -993,6 +1050,12 @@ _CHECKS: dict[str, Check] = {
     "exclude_paths": _path_patterns,
     "should_log": _optional(_hook),
     "include_trace_id": _optional(_bool),
+    "include_request_body": _bool,
+    "include_response_body": _bool,
+    "max_request_body_bytes": _int_in(1),
+    "max_response_body_bytes": _int_in(1),
+    "body_content_types": _media_types,
+    "redact_body_keys": _body_keys,
 }
 """Every field's check, in declaration order (a test holds it to the fields)."""
 

@@ -36,7 +36,7 @@ from .environ import scope_of
 from .filters import excluded
 from .routes import MatchedRoute
 from .types import Scope
-from .wsgi import ROUTE_KEY, carry_app_facts
+from .wsgi import ROUTE_KEY, _CountedInput, carry_app_facts
 
 _perf = time.perf_counter
 USER_KEY = "kafka_log_middleware.django_user"
@@ -112,6 +112,12 @@ class KafkaLogMiddleware:
         reader = pipeline.span_reader
         if reader is not None:
             capture.trace_id = reader()
+        if capture.request_body is not None:
+            # HttpRequest reads its body (.body, .read(), .POST, …) from _stream; a view
+            # may read a chunked WSGI body from wsgi.input itself.
+            request._stream = _CountedInput(request._stream, capture)
+            if "wsgi.input" in request.META:
+                request.META["wsgi.input"] = _CountedInput(request.META["wsgi.input"], capture)
         return capture
 
     # -- runtime control ------------------------------------------------------
@@ -165,7 +171,10 @@ def _responded(capture: DjangoRequest, request: HttpRequest, response: HttpRespo
     if response.streaming:
         _count_stream(response, capture)
     else:
-        capture.body_sent = len(response.content)
+        content = response.content
+        capture.body_sent = len(content)
+        if capture.response_body is not None:
+            capture.response_body.add(content)
     close = response.close
 
     def closed() -> None:
@@ -192,14 +201,20 @@ def _count_stream(response: Any, capture: CapturedRequest) -> None:
 
 
 def _counted(stream: Iterable[bytes], capture: CapturedRequest) -> Iterator[bytes]:
+    copy = capture.response_body
     for chunk in stream:
         capture.body_sent += len(chunk)
+        if copy is not None:
+            copy.add(chunk)
         yield chunk
 
 
 async def _acounted(stream: AsyncIterator[bytes], capture: CapturedRequest) -> AsyncIterator[bytes]:
+    copy = capture.response_body
     async for chunk in stream:
         capture.body_sent += len(chunk)
+        if copy is not None:
+            copy.add(chunk)
         yield chunk
 
 

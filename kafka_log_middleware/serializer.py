@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import _log, nginx_vars
+from .bodies import body_fields, header
 from .custom_fields import EDITS_KEY, apply_edit, apply_edits, request_edits
 from .gateway import UPSTREAM_KEY, Upstream, apply_upstream
 from .routes import matched_route
@@ -35,7 +36,7 @@ def encode_entry(request: CapturedRequest) -> bytes:
     ``native_serializer`` on, the same bytes come from one native call. It hands back
     to ``build_entry`` whatever it does not reproduce exactly (``custom_fields``,
     request edits, a gateway's upstream facts, unusual types in the scope), deciding
-    so before any hook runs.
+    so before any hook runs. Body fields are built here, in Python, and written by it.
     """
     if _native is not None:
         config = request.config
@@ -47,6 +48,8 @@ def encode_entry(request: CapturedRequest) -> bytes:
                 plan, r, r.scope, r.status, r.response_headers, r.body_sent, r.body_read,
                 r.file_path, r.client_gone, r.started_at, r.t_start, r.t_response, r.t_end,
                 trace_id(r),
+                None if r.request_body is None else _request_body(r),
+                None if r.response_body is None else _response_body(r),
             )  # fmt: skip
             if type(out) is bytes:
                 return out
@@ -62,7 +65,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the installation
     _native_module = None  # type: ignore[assignment, unused-ignore]
 # A module built from another version of this package (another protocol) is ignored.
-_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 5 else None
+_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 6 else None
 
 _plans: dict[int, tuple[KafkaLogConfig, Any]] = {}
 """id(config) → (config, its native Plan or None); holding the config keeps the id unique."""
@@ -209,7 +212,26 @@ def _request(
         out["tls"] = tls
     if kong3:
         out["id"] = _request_id(request)
+    if request.request_body is not None:
+        out.update(_request_body(request))
     return out
+
+
+def _request_body(request: CapturedRequest) -> dict[str, Any]:
+    """The request's body fields (``include_request_body``)."""
+    assert request.request_body is not None
+    content_type = header(request.scope.get("headers", ()), b"content-type")
+    config = request.config
+    return body_fields(request.request_body, content_type, config, _body_mark(config))
+
+
+def _response_body(request: CapturedRequest) -> dict[str, Any] | None:
+    """The response's body fields (``include_response_body``); None without a response."""
+    if request.response_body is None or not request.status:
+        return None
+    content_type = header(request.response_headers, b"content-type")
+    config = request.config
+    return body_fields(request.response_body, content_type, config, _body_mark(config))
 
 
 def _url(scope: Any, target: nginx_vars.Target, uri: str, kong3: bool) -> str:
@@ -247,12 +269,16 @@ def _response(request: CapturedRequest, kong3: bool) -> dict[str, Any]:
             status, raw_headers = 500, nginx_vars.SERVER_ERROR_HEADERS
     size = nginx_vars.bytes_sent(request)
     headers = nginx_vars.headers(raw_headers)
-    _redact(headers, request.config.redact_response_headers, request.config, raw_headers)
-    return {
+    config = request.config
+    _redact(headers, config.redact_response_headers, config, raw_headers)
+    out: dict[str, Any] = {
         "status": status,
         "headers": headers,
         "size": size if kong3 else str(size),
     }
+    if request.response_body is not None:
+        out.update(_response_body(request) or {})
+    return out
 
 
 def _redact(
@@ -294,6 +320,21 @@ def _mark(config: KafkaLogConfig) -> Callable[[bytes], bytes]:
     if key is None:
         return lambda value: REDACTED.encode()
     return lambda value: keyed_hash(key, value).encode()
+
+
+def _redacted_value(value: Any) -> str:
+    return REDACTED
+
+
+def _body_mark(config: KafkaLogConfig) -> Callable[[Any], str]:
+    """A redacted JSON body value's mark: ``"REDACTED"``, or with a ``redaction_key`` the
+    keyed hash of the string (of its JSON text, for another value)."""
+    key = config.redaction_key
+    if key is None:
+        return _redacted_value
+    return lambda value: keyed_hash(
+        key, value.encode() if isinstance(value, str) else orjson.dumps(value)
+    )
 
 
 def _redacted_target(target: nginx_vars.Target, config: KafkaLogConfig) -> nginx_vars.Target:

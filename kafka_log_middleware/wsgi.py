@@ -142,8 +142,11 @@ class WSGIRequest(CapturedRequest):
         self._write: Callable[[bytes], object] = _no_response
         self._started_body = False
         """A body byte (or an empty chunk) went to the server: its headers are sent."""
-        if "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" in environ:
-            # A chunked request body: nothing declares its size, so count what is read.
+        if self.request_body is not None or (
+            "CONTENT_LENGTH" not in environ and "HTTP_TRANSFER_ENCODING" in environ
+        ):
+            # A chunked request body: nothing declares its size, so count what is read
+            # (and copy the first bytes, when bodies are logged).
             stream = environ.get("wsgi.input")
             if stream is not None:
                 environ["wsgi.input"] = _CountedInput(stream, self)
@@ -176,6 +179,8 @@ class WSGIRequest(CapturedRequest):
         self._write(data)
         self._started_body = True
         self.body_sent += len(data)
+        if self.response_body is not None:
+            self.response_body.add(data)
 
     def response(self, result: Iterable[bytes]) -> Iterable[bytes]:
         """What to give the server for the app's ``result``."""
@@ -233,10 +238,13 @@ class _Response:
 
     def __iter__(self) -> Iterator[bytes]:
         request = self._request
+        copy = request.response_body
         try:
             for chunk in self._iterable:
                 request._started_body = True
                 request.body_sent += len(chunk)
+                if copy is not None:
+                    copy.add(chunk)
                 yield chunk
         except GeneratorExit:
             raise
@@ -267,7 +275,8 @@ class _Response:
 
 
 class _CountedInput:
-    """``wsgi.input`` counting the bytes the app reads (for a chunked request body)."""
+    """``wsgi.input`` counting the bytes the app reads (for a chunked request body), and
+    copying the first ones (``include_request_body``)."""
 
     __slots__ = ("_request", "_stream")
 
@@ -275,24 +284,39 @@ class _CountedInput:
         self._stream = stream
         self._request = request
 
+    def _got(self, data: bytes) -> None:
+        request = self._request
+        request.body_read += len(data)
+        if request.request_body is not None:
+            request.request_body.add(data)
+
     def read(self, size: int = -1) -> bytes:
         data: bytes = self._stream.read(size) if size is not None else self._stream.read()
-        self._request.body_read += len(data)
+        self._got(data)
         return data
+
+    def readinto(self, buffer: Any) -> int | None:
+        """werkzeug's ``LimitedStream`` reads this way."""
+        size: int | None = self._stream.readinto(buffer)
+        if size:
+            with memoryview(buffer) as view:
+                self._got(view[:size])  # type: ignore[arg-type]
+        return size
 
     def readline(self, size: int = -1) -> bytes:
         data: bytes = self._stream.readline(size)
-        self._request.body_read += len(data)
+        self._got(data)
         return data
 
     def readlines(self, hint: int = -1) -> list[bytes]:
         lines: list[bytes] = self._stream.readlines(hint)
-        self._request.body_read += sum(len(line) for line in lines)
+        for line in lines:
+            self._got(line)
         return lines
 
     def __iter__(self) -> Iterator[bytes]:
         for line in self._stream:
-            self._request.body_read += len(line)
+            self._got(line)
             yield line
 
     def __getattr__(self, name: str) -> Any:

@@ -64,9 +64,13 @@ def encode(
     t_response: Any,
     t_end: Any,
     trace_id: str | None,
+    request_body: dict[str, Any] | None,
+    response_body: dict[str, Any] | None,
     /,
 ) -> bytes | tuple[bytes, list[tuple[str, Any]]] | None:
     """The entry's JSON bytes; None: build it in Python instead; or (entry, fields):
     add these (field, value) pairs last, with orjson. The arguments after ``request``
     up to ``t_end`` are its attributes of the same names; ``trace_id`` is the 32 hex
-    digits logged as ``{"w3c": ...}`` (``tracing.trace_id``), or None for no field."""
+    digits logged as ``{"w3c": ...}`` (``tracing.trace_id``), or None for no field;
+    ``request_body`` and ``response_body`` the body fields of each side
+    (``bodies.body_fields``), or None."""

@@ -9,9 +9,9 @@ import asyncio
 import io
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -34,6 +34,7 @@ from kafka_log_middleware.gateway import upstream  # noqa: E402
 from kafka_log_middleware.security import OAuthBearer  # noqa: E402
 from kafka_log_middleware.wsgi import KafkaLogWSGIMiddleware  # noqa: E402
 from tests import django_project  # noqa: E402
+from tests import test_bodies as bodies  # noqa: E402
 from tests.kafka_helpers import consume, unique_topic  # noqa: E402
 from tests.oauth_server import logger_token  # noqa: E402
 from tests.polling import wait_until  # noqa: E402
@@ -72,8 +73,45 @@ def edited(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"ok")
 
 
+def body_of(request: HttpRequest) -> bytes:
+    """The request body; a chunked WSGI one (Django reads none) from wsgi.input."""
+    stream = request.META.get("wsgi.input")
+    if stream is not None and "CONTENT_LENGTH" not in request.META:
+        return bytes(stream.read())
+    return bytes(request.body)
+
+
+def chunks_for(request: HttpRequest, chunks: list[bytes]) -> Any:
+    """``chunks`` as the handler wants them (no warning): sync under WSGI, async under ASGI."""
+    if "wsgi.input" in request.META:
+        return iter(chunks)
+
+    async def each() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    return each()
+
+
+def echo_body(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(body_of(request), content_type=request.content_type)
+
+
+def stream_body(request: HttpRequest) -> StreamingHttpResponse:
+    parts = [body_of(request), *(f"part{n};".encode() for n in range(3))]
+    return StreamingHttpResponse(chunks_for(request, parts), content_type="text/plain")
+
+
+def big_body(request: HttpRequest) -> StreamingHttpResponse:
+    chunk = b"y" * 1024 * 1024
+    return StreamingHttpResponse(chunks_for(request, [chunk] * 50), content_type="text/plain")
+
+
 urlpatterns = [
     *django_project.urlpatterns,
+    *(path(f"{name}", echo_body) for name in ("a-json", "b-text", "c-binary", "d-image")),
+    path("e-stream", stream_body),
+    path("f-big", big_body),
     path("stream/", streamed, name="stream"),
     path("me/", signed_in, name="me"),
     path("edited/", edited, name="edited"),
@@ -438,3 +476,45 @@ def test_the_asgi_door_around_django_logs_once_with_the_route(kafka_bootstrap: s
     assert entries[0]["request"]["uri"] == "/hello/django?x=1"
     assert entries[0]["route"] == HELLO
     assert "route" not in entries[1]
+
+
+# -- bodies (include_request_body / include_response_body) on every Django door -----------
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("door", ["middleware", "wsgi_door"])
+def test_bodies_under_wsgi(kafka_bootstrap: str, door: str) -> None:
+    """The MIDDLEWARE entry alone, and the WSGI door around Django: the same bodies."""
+    topic = unique_topic(f"django-bodies-{door}")
+    settings_ = {"bootstrap_servers": kafka_bootstrap, "topic": topic, **bodies.BODIES}
+    with override_settings(KAFKA_LOG=settings_):
+        handler = WSGIHandler()
+        app: Any = handler
+        if door == "wsgi_door":
+            app = KafkaLogWSGIMiddleware(handler, KafkaLogConfig(**settings_))
+        transport = httpx.WSGITransport(app=app)
+        with httpx.Client(transport=transport, base_url="http://django", timeout=60) as client:
+            bodies.send_all(client)
+        (app if door == "wsgi_door" else middleware_of(handler)).close()
+    bodies.check_entries(bodies.consumed(kafka_bootstrap, topic, 6), 524288)
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("door", ["middleware", "asgi_door"])
+def test_bodies_under_asgi(kafka_bootstrap: str, door: str) -> None:
+    """Django's ASGI handler under uvicorn: its MIDDLEWARE entry, and the ASGI door."""
+    from django.core.handlers.asgi import ASGIHandler
+
+    topic = unique_topic(f"django-bodies-{door}")
+    settings_ = {"bootstrap_servers": kafka_bootstrap, "topic": topic, **bodies.BODIES}
+    with override_settings(KAFKA_LOG=settings_):
+        handler = ASGIHandler()
+        app: Any = handler
+        if door == "asgi_door":
+            app = KafkaLogMiddleware(handler, KafkaLogConfig(**settings_))
+        lifespan: Literal["on", "off"] = "on" if door == "asgi_door" else "off"
+        with serve(app, lifespan=lifespan) as url, httpx.Client(base_url=url, timeout=60) as client:
+            bodies.send_all(client)
+        if door == "middleware":
+            middleware_of(handler).close()
+    bodies.check_entries(bodies.consumed(kafka_bootstrap, topic, 6), 524288)

@@ -160,6 +160,8 @@ def _native_result(request: CapturedRequest) -> Any:
         plan, r, r.scope, r.status, r.response_headers, r.body_sent, r.body_read,
         r.file_path, r.client_gone, r.started_at, r.t_start, r.t_response, r.t_end,
         trace_id(r),
+        None if r.request_body is None else serializer._request_body(r),
+        None if r.response_body is None else serializer._response_body(r),
     )  # fmt: skip
 
 
@@ -1037,3 +1039,98 @@ def test_reason_phrases_come_from_http_status() -> None:
         size = status_line + 88 + 13  # headers and blank line, body
         assert orjson.loads(result)["response"]["size"] == str(size)
         assert _bytes(result) == _python(request)
+
+
+# -- bodies: built in Python, written natively ---------------------------------------------
+
+BODY_TEXT = 'say "hi" \\ \t\n\x00\x1f é ✓ '
+BODY_CASES: list[tuple[str, dict[str, Any], Any, Any]] = [
+    (
+        "json",
+        {},
+        (b'{"a": [1, "x"]}', b"application/json"),
+        ([b'{"b":', b" 2}"], b"application/json"),
+    ),
+    ("short text", {}, (BODY_TEXT.encode(), b"text/plain"), ([BODY_TEXT.encode()], b"text/html")),
+    ("dense text", {}, (BODY_TEXT.encode() * 40, b"text/plain"), ([b'"\\' * 300], b"text/plain")),
+    ("invalid utf-8", {}, (b"a\xff\xfeb" * 100, b"text/plain"), ([b"\xc3"], b"text/plain")),
+    ("latin-1", {}, ("é".encode("latin-1"), b"text/plain; charset=latin-1"), None),
+    (
+        "binary",
+        {"body_content_types": ["*/*"]},
+        (bytes(range(256)), b"application/octet-stream"),
+        ([b"\x00\x01"], b"image/png"),
+    ),
+    (
+        "truncated",
+        {"max_request_body_bytes": 10, "max_response_body_bytes": 3},
+        (b"x" * 20, b"text/plain"),
+        ([b"ab", b"cd"], b"text/plain"),
+    ),
+    ("omitted", {}, (b"\x89PNG", b"image/png"), ([b"x"], b"application/pdf")),
+    ("no type", {}, (b"x", b""), ([b""], b"text/plain")),
+    (
+        "redacted",
+        {"redact_body_keys": ["password"]},
+        (b'{"u": {"Password": "s"}}', b"application/json"),
+        ([b"{"], b"application/json"),
+    ),
+]
+
+
+def _without_id(outcome: Outcome) -> Outcome:
+    """``outcome`` with kong3's ``request.id`` (a fresh uuid4 per build) blanked."""
+    kind, data = outcome
+    if isinstance(data, bytes):
+        data = re.sub(rb'"id":"[0-9a-f]{32}"', b'"id":""', data)
+    return (kind, data)
+
+
+@pytest.mark.parametrize("layout", ["kong2", "kong3"])
+@pytest.mark.parametrize(
+    ("name", "changes", "request_body", "response"), BODY_CASES, ids=[c[0] for c in BODY_CASES]
+)
+def test_entries_with_bodies_are_native_and_identical(
+    name: str,
+    changes: dict[str, Any],
+    request_body: Any,
+    response: Any,
+    layout: LogFormat,
+    recorder: Recorder,
+) -> None:
+    from tests.test_bodies import captured
+
+    config = KafkaLogConfig(
+        bootstrap_servers=("127.0.0.1:9",),
+        topic="t",
+        log_format=layout,
+        include_request_body=True,
+        include_response_body=True,
+        **changes,
+    )
+    request = captured(config, request_body, response)
+    run = recorder.run(request)
+    assert run.path == "native"
+    assert _without_id(run.outcome) == _without_id(_python(request))
+    entry = orjson.loads(run.data or b"")
+    assert any(key.startswith("body") for key in entry["request"])
+
+
+def test_random_bodies_are_native_and_identical(recorder: Recorder) -> None:
+    from tests.test_bodies import captured
+
+    rng = random.Random(11)
+    config = KafkaLogConfig(
+        bootstrap_servers=("127.0.0.1:9",),
+        topic="t",
+        include_request_body=True,
+        include_response_body=True,
+        max_response_body_bytes=300,
+    )
+    alphabet = [b'"', b"\\", b"\x00", b"\x1f", b"\n", b"a", "é".encode(), "✓".encode(), b"\xff"]
+    for _ in range(200):
+        body = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 600)))
+        request = captured(config, (body, b"text/plain"), ([body[:100], body[100:]], b"text/csv"))
+        run = recorder.run(request)
+        assert run.path == "native"
+        assert _without_id(run.outcome) == _without_id(_python(request))

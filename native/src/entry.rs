@@ -59,6 +59,10 @@ pub struct Facts<'a, 'py> {
     pub t_end: &'a Bound<'py, PyAny>,
     /// The trace id to log as `{"w3c": ...}` (32 lowercase hex digits), if any.
     pub trace_id: Option<&'a str>,
+    /// The request's body fields (`bodies.body_fields`), or None.
+    pub request_body: &'a Bound<'py, PyAny>,
+    /// The response's body fields, or None.
+    pub response_body: &'a Bound<'py, PyAny>,
 }
 
 /// Everything before `service`; the scope on success, for the hooks.
@@ -121,6 +125,7 @@ fn head<'a, 'py>(
         out.extend_from_slice(b",\"id\":");
         write_request_id(out, plan, &headers)?;
     }
+    write_fields(out, facts.request_body)?;
     out.extend_from_slice(b"},\"upstream_uri\":");
     json::text(out, &target.uri);
 
@@ -622,8 +627,11 @@ fn write_response(
         let body = if head { 0 } else { body_size(facts)? };
         let size = bytes_sent(tables, status, &headers, body)?;
         write_response_fields(out, plan, status, &headers, size);
+        write_fields(out, facts.response_body)?;
+        out.push(b'}');
     } else if facts.client_gone.is_truthy()? {
         write_response_fields(out, plan, 499, &[], 0);
+        out.push(b'}');
     } else {
         let headers: Headers<'_> = tables
             .server_error_headers
@@ -632,6 +640,24 @@ fn write_response(
             .collect();
         let size = bytes_sent(tables, 500, &headers, tables.server_error_body)?;
         write_response_fields(out, plan, 500, &headers, size);
+        out.push(b'}');
+    }
+    Ok(())
+}
+
+/// Extra fields of an object not closed yet (the body fields, built in Python): each
+/// `,"name":value` of a `dict`; nothing for None.
+fn write_fields(out: &mut Vec<u8>, fields: &Bound<'_, PyAny>) -> Res<()> {
+    if fields.is_none() {
+        return Ok(());
+    }
+    for (name, value) in fields.cast_exact::<PyDict>()?.iter() {
+        out.push(b',');
+        json::string(out, name.cast_exact::<PyString>()?.to_str()?);
+        out.push(b':');
+        if !value::write(out, &value) {
+            return Err(Fallback);
+        }
     }
     Ok(())
 }
@@ -654,7 +680,6 @@ fn write_response_fields(
     write_headers(out, &logged, &plan.tables.get().redacted);
     out.extend_from_slice(b",\"size\":");
     write_size(out, plan, size);
-    out.push(b'}');
 }
 
 /// The body size of an answered, non-HEAD request: the pathsend file's size, else the

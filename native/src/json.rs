@@ -9,6 +9,9 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Append the escaped form of `s`, which is valid UTF-8, without quotes.
 pub fn escape_utf8(out: &mut Vec<u8>, s: &[u8]) {
+    if s.len() >= DENSE {
+        return escape_dense(out, s);
+    }
     let mut start = 0;
     while let Some(offset) = find_special(&s[start..], false) {
         let i = start + offset;
@@ -17,6 +20,61 @@ pub fn escape_utf8(out: &mut Vec<u8>, s: &[u8]) {
         start = i + 1;
     }
     out.extend_from_slice(&s[start..]);
+}
+
+/// From this length on, a string is escaped a byte at a time through a table: a body
+/// (JSON in a string) has an escape every few bytes, where restarting the word-wise
+/// search after each one costs more than it saves.
+const DENSE: usize = 256;
+
+const ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = needs_escape(byte as u8);
+        byte += 1;
+    }
+    table
+};
+
+fn escape_dense(out: &mut Vec<u8>, s: &[u8]) {
+    // Room for the worst case (every byte a `\u00xx`), written by index, then cut back.
+    let start = out.len();
+    out.resize(start + s.len() * 6, 0);
+    let buf = &mut out[start..];
+    let mut at = 0;
+    for &byte in s {
+        if !ESCAPED[usize::from(byte)] {
+            buf[at] = byte;
+            at += 1;
+            continue;
+        }
+        buf[at] = b'\\';
+        let short = match byte {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x09 => b't',
+            0x0A => b'n',
+            0x0C => b'f',
+            0x0D => b'r',
+            _ => 0,
+        };
+        if short != 0 {
+            buf[at + 1] = short;
+            at += 2;
+        } else {
+            buf[at + 1..at + 6].copy_from_slice(&[
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xF)],
+            ]);
+            at += 6;
+        }
+    }
+    out.truncate(start + at);
 }
 
 /// Index of the first byte that needs an escape (or, with `high`, is not ASCII), eight
@@ -139,7 +197,7 @@ pub fn decimal_len(value: i64) -> usize {
     len
 }
 
-fn needs_escape(byte: u8) -> bool {
+const fn needs_escape(byte: u8) -> bool {
     byte < 0x20 || byte == b'"' || byte == b'\\'
 }
 

@@ -18,7 +18,7 @@ mod nginx;
 mod value;
 
 /// Version of the calling convention between this module and `serializer.py`.
-const PROTOCOL: u32 = 5;
+const PROTOCOL: u32 = 6;
 
 /// Constants of `kafka_log_middleware` the entry depends on, given once at import so
 /// that the Python modules stay their single source.
@@ -202,6 +202,8 @@ fn encode<'py>(
     t_response: &Bound<'py, PyAny>,
     t_end: &Bound<'py, PyAny>,
     trace_id: Option<&str>,
+    request_body: &Bound<'py, PyAny>,
+    response_body: &Bound<'py, PyAny>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let facts = entry::Facts {
         request,
@@ -217,6 +219,8 @@ fn encode<'py>(
         t_response,
         t_end,
         trace_id,
+        request_body,
+        response_body,
     };
     // One buffer per thread, reused: taken, not borrowed, so that a hook that encodes
     // an entry of its own simply gets a new one.
