@@ -110,8 +110,15 @@ class _Outbox:
     config: KafkaLogConfig
     messages: list[Message] = field(default_factory=list)
     since: float = 0.0
-    ends: tuple[float, float] = (0.0, 0.0)
-    """The oldest and newest response-end times of ``messages`` (for the latency metric)."""
+    first_end: float = 0.0
+    """The response-end time of the oldest of ``messages`` (for the latency metric)."""
+    last_end: float = 0.0
+    """That of the newest (two floats: a tuple would be rebuilt for every entry)."""
+
+    @property
+    def ends(self) -> tuple[float, float]:
+        """The oldest and newest response-end times of ``messages``."""
+        return self.first_end, self.last_end
 
 
 @dataclass(eq=False)
@@ -577,9 +584,8 @@ class Publisher:
                 self._held += size
                 if not box.messages:
                     box.since = now
-                    box.ends = (request.t_end, request.t_end)
-                else:
-                    box.ends = (box.ends[0], request.t_end)
+                    box.first_end = request.t_end
+                box.last_end = request.t_end
                 box.messages.append(message)
             if clock() >= slice_end:
                 await asyncio.sleep(0)
