@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from .serializer import _warn_hook
+from .serializer import warn_hook
 
 if TYPE_CHECKING:
     from .capture import CapturedRequest
@@ -124,5 +124,5 @@ def should_log(request: CapturedRequest) -> bool:
     try:
         return hook is None or bool(hook(request))
     except Exception as exc:
-        _warn_hook("should_log", exc, "entry logged")
+        warn_hook("should_log", exc, "entry logged")
         return True

@@ -105,7 +105,7 @@ def _new_plan(config: KafkaLogConfig) -> Any:
                     redacted=REDACTED,
                     server_name=nginx_vars.SERVER_NAME,
                     edits_key=EDITS_KEY,
-                    warn=_warn_hook,
+                    warn=warn_hook,
                 )
             plan = _native.Plan(
                 _native_tables,
@@ -181,7 +181,7 @@ def build_entry(request: CapturedRequest) -> dict[str, Any]:
         try:
             value = hook(request)
         except Exception as exc:
-            _warn_hook(f"custom_fields[{field!r}]", exc)
+            warn_hook(f"custom_fields[{field!r}]", exc)
             continue
         apply_edit(entry, field, value, "set")
     edits = request_edits(scope)
@@ -384,12 +384,13 @@ def _call(hook: Hook, request: CapturedRequest, what: str, outcome: str = "field
     try:
         return hook(request)
     except Exception as exc:
-        _warn_hook(what, exc, outcome)
+        warn_hook(what, exc, outcome)
         return None
 
 
-def _warn_hook(what: str, exc: Exception, outcome: str = "field left out") -> None:
-    # The exception's message may quote request data: log its type only.
+def warn_hook(what: str, exc: Exception, outcome: str = "field left out") -> None:
+    """Warn (rate-limited) that the hook ``what`` raised, and what became of the entry;
+    by the exception's type only: its message may quote request data."""
     _log.warn(f"hook:{what}", "%s hook raised %s; %s", what, type(exc).__name__, outcome)
 
 
