@@ -11,6 +11,7 @@ once, so a bad topic costs one metadata wait per attempt, not one per batch.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
 import weakref
 from collections import deque
@@ -38,10 +39,11 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.sender import SendProduceReqHandler
 
-from . import _log
+from . import _log, record_batch
 from .config import KafkaLogConfig
 from .oauth import TokenError, TokenSource
 from .producers import CLOSED, Failure, Message, OnDone, Producer, Verdict
+from .record_batch import NativeBatch
 from .security import OAuthBearer
 
 _partition_for_key = DefaultPartitioner()
@@ -118,6 +120,9 @@ class AiokafkaProducer(Producer):
         super().__init__(config)
         self._options = with_token_provider(config, config.aiokafka_options())
         self._ack_timeout_ms = config.producer_request_timeout
+        self._native_batches = record_batch.available(self._options)
+        """Batches are built natively (``record_batch.py``)."""
+        self._batch_bytes = config.producer_request_limits_bytes_per_request
         self._start_guard = self._timeout * (len(config.bootstrap_servers) + 1) + 5.0
         """``start()`` tries each bootstrap server for up to ``timeout``, then fails."""
         self._stopping: set[asyncio.Task[None]] = set()
@@ -238,15 +243,8 @@ class AiokafkaProducer(Producer):
         producer = self._producer
         start = 0
         while start < len(group):
-            batch = producer.create_batch()
-            end = start
-            while end < len(group):
-                key, value = group[end]
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    break
-                end += 1
-            end = max(end, start + 1)  # a batch always takes its first message
-            batch.close()
+            batch = self._batch(producer, group, start)
+            end = start + batch.record_count()
             sent = group[start:end]
             try:
                 async with asyncio.timeout(self.guard):
@@ -262,6 +260,18 @@ class AiokafkaProducer(Producer):
             queued = _queued_batch(producer, topic, partition, batch)
             future.add_done_callback(_Delivery(self, sent, on_done, queued).report)
             start = end
+
+    def _batch(self, producer: Any, group: list[Message], start: int) -> Any:
+        """A batch of ``group[start:]``'s first messages (at least one): natively built
+        when it can be, else by aiokafka's ``BatchBuilder``."""
+        if self._native_batches:
+            return NativeBatch(group, start, self._batch_bytes)
+        batch = producer.create_batch()
+        for key, value in itertools.islice(group, start, None):
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                break  # full (the first message is always taken)
+        batch.close()
+        return batch
 
     def _drop_client(self) -> None:
         """See ``Producer._drop_client``: the lanes' batches go back (not sent); the

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import _log, nginx_vars
+from . import _log, native, nginx_vars
 from .bodies import body_fields, header
 from .custom_fields import EDITS_KEY, apply_edit, apply_edits, request_edits
 from .gateway import UPSTREAM_KEY, Upstream, apply_upstream
@@ -60,12 +60,8 @@ def encode_entry(request: CapturedRequest) -> bytes:
 
 # -- the compiled serializer (optional) ------------------------------------------------
 
-try:
-    import kafka_log_middleware_native as _native_module  # type: ignore[import-not-found, unused-ignore]
-except ImportError:  # pragma: no cover - depends on the installation
-    _native_module = None  # type: ignore[assignment, unused-ignore]
 # A module built from another version of this package (another protocol) is ignored.
-_native = _native_module if getattr(_native_module, "PROTOCOL", None) == 6 else None
+_native = native.module
 
 _plans: dict[int, tuple[KafkaLogConfig, Any]] = {}
 """id(config) → (config, its native Plan or None); holding the config keeps the id unique."""

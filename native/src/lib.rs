@@ -15,10 +15,11 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 mod entry;
 mod json;
 mod nginx;
+mod records;
 mod value;
 
 /// Version of the calling convention between this module and `serializer.py`.
-const PROTOCOL: u32 = 6;
+const PROTOCOL: u32 = 7;
 
 /// Constants of `kafka_log_middleware` the entry depends on, given once at import so
 /// that the Python modules stay their single source.
@@ -267,6 +268,8 @@ fn encode_into<'py>(
 mod kafka_log_middleware_native {
     #[pymodule_export]
     use super::{encode, Plan, Tables};
+    #[pymodule_export]
+    use super::records::{batch, records};
 
     #[pymodule_export]
     const PROTOCOL: u32 = super::PROTOCOL;
