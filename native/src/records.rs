@@ -82,7 +82,8 @@ pub fn records<'py>(
         field(&mut record, Some(value));
         varint(&mut record, 0); // no headers
         let size = varint_size(record.len() as i64) + record.len();
-        if count > 0 && HEADER_SIZE + out.len() + size > max_bytes {
+        // `>=`, as aiokafka's compiled builder (its pure-Python one says `>`).
+        if count > 0 && HEADER_SIZE + out.len() + size >= max_bytes {
             break;
         }
         varint(&mut out, record.len() as i64);
