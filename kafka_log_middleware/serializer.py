@@ -42,12 +42,12 @@ def encode_entry(request: CapturedRequest) -> bytes:
         config = request.config
         last = _last_plan
         plan = last[1] if last[0] is config else _plan(config)
-        if plan is not None and not config.custom_fields and UPSTREAM_KEY not in request.scope:
+        if plan is not None and UPSTREAM_KEY not in request.scope:
             r = request
             out = _native.encode(
                 plan, r, r.scope, r.status, r.response_headers, r.body_sent, r.body_read,
                 r.file_path, r.client_gone, r.started_at, r.t_start, r.t_response, r.t_end,
-                trace_id(r),
+                trace_id(r) if config.trace_ids else None,
                 None if r.request_body is None else _request_body(r),
                 None if r.response_body is None else _response_body(r),
             )  # fmt: skip
@@ -73,7 +73,8 @@ _native_tables: Any = None
 
 
 def _plan(config: KafkaLogConfig) -> Any:
-    """The native Plan of ``config``, made once; None when ``build_entry`` does its entries."""
+    """The native Plan of ``config``, made once; None when ``build_entry`` does its entries
+    (``custom_fields``, for one)."""
     global _last_plan
     cached = _plans.get(id(config))
     if cached is None or cached[0] is not config:
@@ -87,7 +88,9 @@ def _plan(config: KafkaLogConfig) -> Any:
 def _new_plan(config: KafkaLogConfig) -> Any:
     global _native_tables
     plan = None
-    python_only = config.redact_query_args or config.redaction_key is not None
+    python_only = (
+        config.redact_query_args or config.redaction_key is not None or config.custom_fields
+    )
     if _native is not None and config.native_serializer and not python_only:
         try:
             if _native_tables is None:
