@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import importlib.util
 import inspect
 import ipaddress
@@ -376,7 +375,7 @@ class KafkaLogConfig:
             return self.producer_request_acks
         return -1 if self.delivery == "at_least_once" else 1
 
-    @functools.cached_property
+    @property
     def trace_ids(self) -> bool:
         """Whether entries carry ``trace_id`` (``include_trace_id``, or its default)."""
         if self.include_trace_id is not None:
@@ -390,7 +389,7 @@ class KafkaLogConfig:
             return self.enable_idempotence
         return self.delivery == "at_least_once"
 
-    @functools.cached_property
+    @property
     def entry_limit(self) -> int:
         """The most bytes an entry's message (key and value) may take."""
         if self.max_entry_bytes is not None:
@@ -464,11 +463,8 @@ class KafkaLogConfig:
 
     def producer_key(self) -> tuple[Any, ...]:
         """The settings that shape a Kafka producer; configs that agree here share one."""
-        return self._producer_key
-
-    @functools.cached_property
-    def _producer_key(self) -> tuple[Any, ...]:
-        # Computed once: the publisher looks it up several times per wake-up.
+        # Derived values are not cached on the instance: ``vars(config)`` must stay
+        # exactly the fields, so that ``KafkaLogConfig(**vars(config))`` round-trips.
         return (
             self.bootstrap_servers,
             self.timeout,

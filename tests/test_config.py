@@ -589,6 +589,8 @@ def test_a_config_rebuilt_from_its_own_values_is_equal() -> None:
         custom_fields={"a": _hook},
         producer_backend="confluent",
     )
+    # Reading the derived values (as the publisher does) must leave vars() the fields.
+    assert (config.trace_ids, config.entry_limit, config.producer_key()) is not None
     assert KafkaLogConfig(**vars(config)) == config
 
 
