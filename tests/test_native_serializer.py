@@ -45,6 +45,7 @@ from kafka_log_middleware.routes import matched_route
 from kafka_log_middleware.serializer import build_entry, encode_entry
 from kafka_log_middleware.tracing import trace_id
 
+from .native_module import native_module
 from .test_serializer import (
     Case,
     Encoder,
@@ -57,9 +58,7 @@ from .test_serializer import (
     corpus_params,
 )
 
-native = pytest.importorskip("kafka_log_middleware_native")
-if serializer._native is None:  # pragma: no cover
-    pytest.skip("kafka_log_middleware_native is from another version", allow_module_level=True)
+native = native_module()
 
 LAYOUTS: list[LogFormat] = ["kong2", "kong3"]
 _RANDOM_ID = re.compile(rb',"id":"[0-9a-f]{32}"},"upstream_uri":')

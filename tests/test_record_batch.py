@@ -2,7 +2,7 @@
 (same messages, timestamp and producer state), and take the same messages under the
 size limit. That the broker takes them is shown by every aiokafka test against it.
 
-Skipped when the native module is not built (failed under CI, see conftest.py).
+Skipped when the native module is not built, failed under CI (tests/native_module.py).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kafka_log_middleware import native, record_batch
+from kafka_log_middleware import record_batch
 from kafka_log_middleware.producers import Message
 from kafka_log_middleware.record_batch import NativeBatch
 
-pytest.importorskip("kafka_log_middleware_native")
-if native.module is None:  # pragma: no cover
-    pytest.skip("kafka_log_middleware_native is from another version", allow_module_level=True)
+from .native_module import native_module
+
+native_module()
 
 TIMESTAMP = 1_764_000_000_123
 
