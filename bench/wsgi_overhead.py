@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
     rows = summary(runs, order)
     write_json(
-        "wsgi",
+        "wsgi.json",
         {
             "environment": environment(),
             "broker": broker,
