@@ -107,8 +107,13 @@ class KafkaLogMiddleware:
             pipeline.buffer.skip_threadsafe()
             return None
         asgi_scope = getattr(request, "scope", None)
-        scope = dict(asgi_scope) if asgi_scope is not None else scope_of(request.META)
-        capture = DjangoRequest(scope, pipeline.config, pipeline.buffer.put_threadsafe)
+        config = pipeline.config
+        scope: Scope
+        if asgi_scope is not None:
+            scope = dict(asgi_scope)
+        else:
+            scope = scope_of(request.META, config.native_serializer)
+        capture = DjangoRequest(scope, config, pipeline.buffer.put_threadsafe)
         reader = pipeline.span_reader
         if reader is not None:
             capture.trace_id = reader()

@@ -12,36 +12,41 @@ from __future__ import annotations
 
 from typing import Any
 
+from .native import module as _native
 from .types import Scope
 
-_UNSEEN = b""
-_HEADER_NAMES: dict[str, bytes | None] = {
-    "CONTENT_TYPE": b"content-type",
-    "CONTENT_LENGTH": b"content-length",
-}
-"""Environ keys seen → their ASGI header name, or None for what is no header (grows with
-the keys seen, up to ``_MAX_HEADER_NAMES``: one dict lookup per key on the request path)."""
-_MAX_HEADER_NAMES = 1024
+_SPECIAL_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
+_PLANS: dict[tuple[str, ...], tuple[tuple[str, bytes], ...]] = {}
+"""An environ's keys, in order → its header keys and their ASGI names. A server gives
+each client the same keys request after request, so a few plans serve nearly every
+request (one tuple and one lookup instead of a look at every key); up to ``_MAX_PLANS``
+are kept, other environs are planned afresh each time."""
+_MAX_PLANS = 256
 
 
-def scope_of(environ: dict[str, Any]) -> Scope:
-    """The ASGI HTTP scope of ``environ``'s request (a copy: nothing of ``environ`` kept)."""
+def scope_of(environ: dict[str, Any], native: bool = False) -> Scope:
+    """The ASGI HTTP scope of ``environ``'s request (a copy: nothing of ``environ`` kept).
+
+    With ``native`` (a config's ``native_serializer``) and the compiled module
+    installed, the same dict comes from one native call when it can.
+    """
+    if native and _native is not None:
+        scope: Scope | None = _native.scope_of(environ)
+        if scope is not None:
+            return scope
+    keys = tuple(environ)
+    plan = _PLANS.get(keys)
+    if plan is None:
+        plan = _plan(keys)
     headers: list[tuple[bytes, bytes]] = []
     append = headers.append
-    names = _HEADER_NAMES
-    for key, value in environ.items():
-        name = names.get(key, _UNSEEN)
-        if name is None:
-            continue
-        if name is _UNSEEN:
-            name = _header_name(key)
-            if name is None:
-                continue
+    for key, name in plan:
+        value = environ[key]
         if type(value) is str and value:  # CONTENT_* may be present but empty
             append((name, value.encode("latin-1", "replace")))
     get = environ.get
     protocol: str = get("SERVER_PROTOCOL", "HTTP/1.1")
-    scope: Scope = {
+    scope = {
         "type": "http",
         "http_version": protocol[5:] if protocol[:5] == "HTTP/" else protocol,
         "method": get("REQUEST_METHOD", "GET"),
@@ -59,6 +64,14 @@ def scope_of(environ: dict[str, Any]) -> Scope:
     return scope
 
 
+def _plan(keys: tuple[str, ...]) -> tuple[tuple[str, bytes], ...]:
+    """The header keys among ``keys``, in order, with their ASGI names; remembered."""
+    plan = tuple((key, name) for key in keys if (name := _header_name(key)) is not None)
+    if len(_PLANS) < _MAX_PLANS:
+        _PLANS[keys] = plan
+    return plan
+
+
 def request_path(environ: dict[str, Any]) -> str:
     """The request's whole path (``SCRIPT_NAME`` + ``PATH_INFO``), decoded as ASGI's
     ``scope["path"]`` is: what ``exclude_paths`` is matched against."""
@@ -67,14 +80,12 @@ def request_path(environ: dict[str, Any]) -> str:
 
 
 def _header_name(key: str) -> bytes | None:
-    """``HTTP_X_FORWARDED_FOR`` → ``b"x-forwarded-for"``, other keys → None; remembered.
-    A character beyond latin-1 (a server that upper-cased the micro sign) becomes ``?``."""
-    name = None
+    """``HTTP_X_FORWARDED_FOR`` → ``b"x-forwarded-for"``, other keys (but ``CONTENT_*``)
+    → None. A character beyond latin-1 (a server that upper-cased the micro sign)
+    becomes ``?``."""
     if key[:5] == "HTTP_":
-        name = key[5:].replace("_", "-").lower().encode("latin-1", "replace")
-    if len(_HEADER_NAMES) < _MAX_HEADER_NAMES:
-        _HEADER_NAMES[key] = name
-    return name
+        return key[5:].replace("_", "-").lower().encode("latin-1", "replace")
+    return _SPECIAL_HEADERS.get(key)
 
 
 def _unwsgi(value: str) -> str:

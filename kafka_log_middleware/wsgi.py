@@ -37,6 +37,10 @@ ROUTE_KEY = "kafka_log_middleware.route"
 ``MatchedRoute``); it becomes the entry's ``scope["route"]``."""
 _COPIED_KEYS = (EDITS_KEY, UPSTREAM_KEY, ROUTE_KEY)
 """What the app may add to the environ while it serves, copied at the response's end."""
+_STREAM_KEYS = ("wsgi.input", "wsgi.errors", "gunicorn.socket")
+"""Environ keys left out of the snapshot: the server's streams and socket."""
+_UNBUILT: Scope = {}
+"""A ``WSGIRequest``'s scope until it is first read (never changed)."""
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -124,9 +128,27 @@ class KafkaLogWSGIMiddleware:
 
 class WSGIRequest(CapturedRequest):
     """A request's facts, recorded by wrapping ``start_response``, ``write`` and the
-    response iterable; handed to the buffer once, when the response is closed."""
+    response iterable; handed to the buffer once, when the response is closed.
 
-    __slots__ = ("_buffer", "_environ", "_start_response", "_started_body", "_write")
+    The request path only copies: the environ (a shallow ``dict`` copy, streams left
+    out) and the header list ``start_response`` got. Their ASGI shapes (``scope``,
+    ``response_headers``) are built on first use, in the background thread.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_environ",
+        "_header_strs",
+        "_headers",
+        "_scope",
+        "_snapshot",
+        "_start_response",
+        "_started_body",
+        "_write",
+    )
+
+    _scope: Scope
+    _headers: Iterable[tuple[bytes, bytes]] | None
 
     def __init__(
         self,
@@ -135,7 +157,11 @@ class WSGIRequest(CapturedRequest):
         start_response: StartResponse,
         buffer: LogBuffer,
     ) -> None:
-        super().__init__(scope_of(environ), config)
+        self._snapshot = snapshot = environ.copy()
+        for key in _STREAM_KEYS:  # the server's, valid only while it serves the request
+            snapshot.pop(key, None)
+        self._header_strs: list[tuple[str, str]] = []
+        super().__init__(_UNBUILT, config)
         self._environ: Environ | None = environ
         self._start_response = start_response
         self._buffer: LogBuffer | None = buffer
@@ -150,6 +176,35 @@ class WSGIRequest(CapturedRequest):
             stream = environ.get("wsgi.input")
             if stream is not None:
                 environ["wsgi.input"] = _CountedInput(stream, self)
+
+    @property
+    def scope(self) -> Scope:
+        """The request as an ASGI HTTP scope, with what the app left for its entry."""
+        scope = self._scope
+        if scope is _UNBUILT:
+            snapshot = self._snapshot
+            scope = self._scope = scope_of(snapshot, self.config.native_serializer)
+            carry_app_facts(snapshot, scope)
+        return scope
+
+    @scope.setter
+    def scope(self, scope: Scope) -> None:
+        self._scope = scope
+
+    @property
+    def response_headers(self) -> Iterable[tuple[bytes, bytes]]:
+        """The headers ``start_response`` got, as ASGI's raw pairs."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = [
+                (name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+                for name, value in self._header_strs
+            ]
+        return headers
+
+    @response_headers.setter
+    def response_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self._headers = headers
 
     def start_response(
         self,
@@ -167,10 +222,8 @@ class WSGIRequest(CapturedRequest):
             self.status = int(status[:3])
         except ValueError:
             self.status = 0
-        self.response_headers = [
-            (name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
-            for name, value in headers
-        ]
+        self._header_strs = list(headers)  # the server may change its list as it sends it
+        self._headers = None
         self._write = write
         return self.write
 
@@ -209,7 +262,11 @@ class WSGIRequest(CapturedRequest):
         environ = self._environ
         if environ is not None:
             self._environ = None
-            carry_app_facts(environ, self.scope)
+            snapshot = self._snapshot
+            for key in _COPIED_KEYS:
+                value = environ.get(key)
+                if value is not None:
+                    snapshot[key] = value
         self._start_response = self._write = _no_response  # let go of the server's
         buffer.put_threadsafe(self)
 

@@ -74,3 +74,8 @@ def encode(
     digits logged as ``{"w3c": ...}`` (``tracing.trace_id``), or None for no field;
     ``request_body`` and ``response_body`` the body fields of each side
     (``bodies.body_fields``), or None."""
+
+def scope_of(environ: dict[str, Any], /) -> dict[str, Any] | None:
+    """``kafka_log_middleware.environ.scope_of(environ)``, the same dict; None: run that
+    Python function instead (an environ beyond its fast path: non-ASCII keys or paths,
+    values of other types than ``str``, ports that are not plain digits)."""

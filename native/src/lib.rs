@@ -13,13 +13,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 mod entry;
+mod environ;
 mod json;
 mod nginx;
 mod records;
 mod value;
 
 /// Version of the calling convention between this module and `serializer.py`.
-const PROTOCOL: u32 = 7;
+const PROTOCOL: u32 = 8;
 
 /// Constants of `kafka_log_middleware` the entry depends on, given once at import so
 /// that the Python modules stay their single source.
@@ -268,6 +269,8 @@ fn encode_into<'py>(
 mod kafka_log_middleware_native {
     #[pymodule_export]
     use super::{encode, Plan, Tables};
+    #[pymodule_export]
+    use super::environ::scope_of;
     #[pymodule_export]
     use super::records::{batch, records};
 
