@@ -85,17 +85,23 @@ def _recording(request_class: type[Request]) -> type[Request]:
     ``before_request`` function costs Flask's hook dispatch on every request)."""
     if isinstance(request_class.__dict__.get("url_rule"), _RouteRecorder):
         return request_class
-    namespace = {"url_rule": _RouteRecorder(), "__module__": request_class.__module__}
+
+    def __init__(self: Request, *args: Any, **kwargs: Any) -> None:
+        request_class.__init__(self, *args, **kwargs)
+        self.__dict__["url_rule"] = None  # until Flask matches the request (see _RouteRecorder)
+
+    namespace = {
+        "url_rule": _RouteRecorder(),
+        "__init__": __init__,
+        "__module__": request_class.__module__,
+    }
     return type(request_class.__name__, (request_class,), namespace)
 
 
 class _RouteRecorder:
-    """The ``url_rule`` attribute of ``_recording``'s request classes."""
-
-    def __get__(self, request: Request | None, owner: type[Request]) -> Any:
-        if request is None:
-            return self
-        return request.__dict__.get("url_rule")
+    """The ``url_rule`` attribute of ``_recording``'s request classes: a data descriptor
+    without ``__get__``, so that reading it (Flask does, several times per request)
+    finds the request's own value, without a Python call; setting it records the route."""
 
     def __set__(self, request: Request, rule: Rule | None) -> None:
         request.__dict__["url_rule"] = rule
