@@ -32,10 +32,9 @@ from . import _log
 from .background import BackgroundPipeline
 from .capture import DOOR_KEY, CapturedRequest
 from .config import InvalidConfig, KafkaLogConfig
-from .environ import scope_of
+from .environ import EnvironRequest
 from .filters import excluded
 from .routes import MatchedRoute
-from .types import Scope
 from .wsgi import ROUTE_KEY, _CountedInput, carry_app_facts
 
 _perf = time.perf_counter
@@ -106,14 +105,7 @@ class KafkaLogMiddleware:
         if paths and excluded(paths, request.path):
             pipeline.buffer.skip_threadsafe()
             return None
-        asgi_scope = getattr(request, "scope", None)
-        config = pipeline.config
-        scope: Scope
-        if asgi_scope is not None:
-            scope = dict(asgi_scope)
-        else:
-            scope = scope_of(request.META, config.native_serializer)
-        capture = DjangoRequest(scope, config, pipeline.buffer.put_threadsafe)
+        capture = DjangoRequest(request, pipeline.config, pipeline.buffer.put_threadsafe)
         reader = pipeline.span_reader
         if reader is not None:
             capture.trace_id = reader()
@@ -136,16 +128,21 @@ class KafkaLogMiddleware:
         return self._background.stats()
 
 
-class DjangoRequest(CapturedRequest):
+class DjangoRequest(EnvironRequest):
     """A request's facts as Django's middleware sees them: the request, the response
-    object, and its ``close()`` (the end of the response, called by every handler)."""
+    object, and its ``close()`` (the end of the response, called by every handler).
+    Under a WSGI server the scope is built from a snapshot of ``request.META`` (the
+    environ), in the background; under an ASGI server it is a copy of the server's."""
 
     __slots__ = ("_hand_over",)
 
     def __init__(
-        self, scope: Scope, config: KafkaLogConfig, hand_over: Callable[[Any], None]
+        self, request: HttpRequest, config: KafkaLogConfig, hand_over: Callable[[Any], None]
     ) -> None:
-        super().__init__(scope, config)
+        asgi_scope = getattr(request, "scope", None)
+        super().__init__(request.META if asgi_scope is None else None, config)
+        if asgi_scope is not None:
+            self.scope = dict(asgi_scope)
         self._hand_over: Callable[[Any], None] | None = hand_over
 
     def end(self) -> None:
@@ -161,18 +158,18 @@ def _responded(capture: DjangoRequest, request: HttpRequest, response: HttpRespo
     request when the handler closes the response."""
     capture.t_response = _perf()
     capture.status = response.status_code
-    headers = [(_latin1(name), _latin1(value)) for name, value in response.items()]
+    headers = list(response.items())
     for cookie in response.cookies.values():  # the handler sends them after the others
-        headers.append((b"set-cookie", _latin1(cookie.output(header="").strip())))
-    capture.response_headers = headers
+        headers.append(("set-cookie", cookie.output(header="").strip()))
+    capture.set_header_strs(headers)
     route = _route(request)
     if route is not None:
-        capture.scope["route"] = route
+        capture.add_to_scope("route", route)
     # The captured scope is a copy: what views left on the request is carried over.
-    carry_app_facts(getattr(request, "scope", None) or request.META, capture.scope)
+    carry_app_facts(getattr(request, "scope", None) or request.META, capture)
     user = _user(request)
     if user is not None:
-        capture.scope[USER_KEY] = user
+        capture.add_to_scope(USER_KEY, user)
     if response.streaming:
         _count_stream(response, capture)
     else:
@@ -191,10 +188,6 @@ def _responded(capture: DjangoRequest, request: HttpRequest, response: HttpRespo
             capture.end()
 
     response.close = closed
-
-
-def _latin1(text: str) -> bytes:
-    return text.encode("latin-1", "replace")
 
 
 def _count_stream(response: Any, capture: CapturedRequest) -> None:

@@ -1,8 +1,9 @@
 """A WSGI environ, snapshotted as the ASGI-shaped scope the serializer reads.
 
-The WSGI door never keeps the environ (servers such as uWSGI reuse it, and it holds
-the input stream): it copies the facts a Kong entry needs into a small dict with
-ASGI's keys, on the request path. What WSGI cannot tell is documented in the README:
+The WSGI doors never keep the environ (servers such as uWSGI reuse it, and it holds
+the input stream): on the request path an ``EnvironRequest`` takes a shallow copy
+without the server's streams, and ``scope_of`` turns that copy into a small dict with
+ASGI's keys, in the background. What WSGI cannot tell is documented in the README:
 the server has already folded repeated request headers into one and changed the case
 and the ``-``/``_`` of every header name; the ``raw_path`` is the server's
 ``RAW_URI``/``REQUEST_URI`` when it gives one, else the quoted path.
@@ -10,10 +11,15 @@ and the ``-``/``_`` of every header name; the ``raw_path`` is the server's
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
+from .capture import CapturedRequest
 from .native import module as _native
 from .types import Scope
+
+if TYPE_CHECKING:
+    from .config import KafkaLogConfig
 
 _SPECIAL_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
 _PLANS: dict[tuple[str, ...], tuple[tuple[str, bytes], ...]] = {}
@@ -22,6 +28,80 @@ each client the same keys request after request, so a few plans serve nearly eve
 request (one tuple and one lookup instead of a look at every key); up to ``_MAX_PLANS``
 are kept, other environs are planned afresh each time."""
 _MAX_PLANS = 256
+_STREAM_KEYS = ("wsgi.input", "wsgi.errors", "gunicorn.socket")
+"""Environ keys left out of a snapshot: the server's streams and socket."""
+_UNBUILT: Scope = {}
+"""An ``EnvironRequest``'s scope until it is first read (never changed)."""
+
+
+class EnvironRequest(CapturedRequest):
+    """Facts of a request served from a WSGI environ, recorded by copying only.
+
+    The request path takes a shallow copy of the environ (the server's streams left
+    out) and the response's headers as ``str`` pairs; ``scope`` and
+    ``response_headers`` are built from them on first use, in the background. Facts a
+    door learns for the scope meanwhile (the route, what the app left) wait beside it
+    (``add_to_scope``). With no environ (a door that has an ASGI scope), set ``scope``.
+    """
+
+    __slots__ = ("_header_strs", "_headers", "_scope", "_scope_facts", "_snapshot")
+
+    _scope: Scope
+    _headers: Iterable[tuple[bytes, bytes]] | None
+
+    def __init__(self, environ: dict[str, Any] | None, config: KafkaLogConfig) -> None:
+        snapshot = {} if environ is None else environ.copy()
+        for key in _STREAM_KEYS:  # the server's, valid only while it serves the request
+            snapshot.pop(key, None)
+        self._snapshot = snapshot
+        self._scope_facts: dict[str, Any] | None = None
+        self._header_strs: Iterable[tuple[str, str]] = ()
+        super().__init__(_UNBUILT, config)
+
+    @property
+    def scope(self) -> Scope:
+        """The request as an ASGI HTTP scope, with the facts added to it."""
+        scope = self._scope
+        if scope is _UNBUILT:
+            scope = self._scope = scope_of(self._snapshot, self.config.native_serializer)
+            if self._scope_facts:
+                scope.update(self._scope_facts)
+        return scope
+
+    @scope.setter
+    def scope(self, scope: Scope) -> None:
+        self._scope = scope
+
+    def add_to_scope(self, key: str, value: Any) -> None:
+        """Set ``scope[key]``, without building the scope on the request path."""
+        if self._scope is _UNBUILT:
+            facts = self._scope_facts
+            if facts is None:
+                facts = self._scope_facts = {}
+            facts[key] = value
+        else:
+            self._scope[key] = value
+
+    @property
+    def response_headers(self) -> Iterable[tuple[bytes, bytes]]:
+        """The response's headers as ASGI's raw pairs (latin-1, ``?`` beyond it)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = [
+                (name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+                for name, value in self._header_strs
+            ]
+        return headers
+
+    @response_headers.setter
+    def response_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self._headers = headers
+
+    def set_header_strs(self, headers: Iterable[tuple[str, str]]) -> None:
+        """Record the response's headers as the app gave them (``str`` pairs, a list
+        nobody changes afterwards); encoded when first read."""
+        self._header_strs = headers
+        self._headers = None
 
 
 def scope_of(environ: dict[str, Any], native: bool = False) -> Scope:

@@ -23,13 +23,12 @@ from .buffer import LogBuffer
 from .capture import DOOR_KEY, CapturedRequest
 from .config import KafkaLogConfig, KafkaLogFields
 from .custom_fields import EDITS_KEY
-from .environ import request_path, scope_of
+from .environ import EnvironRequest, request_path
 from .filters import EXCLUDED, excluded
 from .gateway import UPSTREAM_KEY
 from .pipeline import config_of, update_config_of
 from .producers import Producer
 from .publisher import Resolver
-from .types import Scope
 
 _perf = time.perf_counter
 ROUTE_KEY = "kafka_log_middleware.route"
@@ -37,10 +36,6 @@ ROUTE_KEY = "kafka_log_middleware.route"
 ``MatchedRoute``); it becomes the entry's ``scope["route"]``."""
 _COPIED_KEYS = (EDITS_KEY, UPSTREAM_KEY, ROUTE_KEY)
 """What the app may add to the environ while it serves, copied at the response's end."""
-_STREAM_KEYS = ("wsgi.input", "wsgi.errors", "gunicorn.socket")
-"""Environ keys left out of the snapshot: the server's streams and socket."""
-_UNBUILT: Scope = {}
-"""A ``WSGIRequest``'s scope until it is first read (never changed)."""
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -126,29 +121,11 @@ class KafkaLogWSGIMiddleware:
         return self._background.producers()
 
 
-class WSGIRequest(CapturedRequest):
+class WSGIRequest(EnvironRequest):
     """A request's facts, recorded by wrapping ``start_response``, ``write`` and the
-    response iterable; handed to the buffer once, when the response is closed.
+    response iterable; handed to the buffer once, when the response is closed."""
 
-    The request path only copies: the environ (a shallow ``dict`` copy, streams left
-    out) and the header list ``start_response`` got. Their ASGI shapes (``scope``,
-    ``response_headers``) are built on first use, in the background thread.
-    """
-
-    __slots__ = (
-        "_buffer",
-        "_environ",
-        "_header_strs",
-        "_headers",
-        "_scope",
-        "_snapshot",
-        "_start_response",
-        "_started_body",
-        "_write",
-    )
-
-    _scope: Scope
-    _headers: Iterable[tuple[bytes, bytes]] | None
+    __slots__ = ("_buffer", "_environ", "_start_response", "_started_body", "_write")
 
     def __init__(
         self,
@@ -157,11 +134,7 @@ class WSGIRequest(CapturedRequest):
         start_response: StartResponse,
         buffer: LogBuffer,
     ) -> None:
-        self._snapshot = snapshot = environ.copy()
-        for key in _STREAM_KEYS:  # the server's, valid only while it serves the request
-            snapshot.pop(key, None)
-        self._header_strs: list[tuple[str, str]] = []
-        super().__init__(_UNBUILT, config)
+        super().__init__(environ, config)
         self._environ: Environ | None = environ
         self._start_response = start_response
         self._buffer: LogBuffer | None = buffer
@@ -176,35 +149,6 @@ class WSGIRequest(CapturedRequest):
             stream = environ.get("wsgi.input")
             if stream is not None:
                 environ["wsgi.input"] = _CountedInput(stream, self)
-
-    @property
-    def scope(self) -> Scope:
-        """The request as an ASGI HTTP scope, with what the app left for its entry."""
-        scope = self._scope
-        if scope is _UNBUILT:
-            snapshot = self._snapshot
-            scope = self._scope = scope_of(snapshot, self.config.native_serializer)
-            carry_app_facts(snapshot, scope)
-        return scope
-
-    @scope.setter
-    def scope(self, scope: Scope) -> None:
-        self._scope = scope
-
-    @property
-    def response_headers(self) -> Iterable[tuple[bytes, bytes]]:
-        """The headers ``start_response`` got, as ASGI's raw pairs."""
-        headers = self._headers
-        if headers is None:
-            headers = self._headers = [
-                (name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
-                for name, value in self._header_strs
-            ]
-        return headers
-
-    @response_headers.setter
-    def response_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        self._headers = headers
 
     def start_response(
         self,
@@ -222,8 +166,7 @@ class WSGIRequest(CapturedRequest):
             self.status = int(status[:3])
         except ValueError:
             self.status = 0
-        self._header_strs = list(headers)  # the server may change its list as it sends it
-        self._headers = None
+        self.set_header_strs(list(headers))  # the server may change its list as it sends it
         self._write = write
         return self.write
 
@@ -262,22 +205,18 @@ class WSGIRequest(CapturedRequest):
         environ = self._environ
         if environ is not None:
             self._environ = None
-            snapshot = self._snapshot
-            for key in _COPIED_KEYS:
-                value = environ.get(key)
-                if value is not None:
-                    snapshot[key] = value
+            carry_app_facts(environ, self)
         self._start_response = self._write = _no_response  # let go of the server's
         buffer.put_threadsafe(self)
 
 
-def carry_app_facts(state: Mapping[str, Any], scope: Scope) -> None:
-    """Copy what the app left for its entry in ``state`` (the environ, or the scope a
-    door passed on) into the captured ``scope``: edits, upstream facts, the route."""
+def carry_app_facts(state: Mapping[str, Any], request: EnvironRequest) -> None:
+    """Add what the app left for its entry in ``state`` (the environ, or the scope a
+    door passed on) to the ``request``'s scope: edits, upstream facts, the route."""
     for key in _COPIED_KEYS:
         value = state.get(key)
         if value is not None:
-            scope["route" if key is ROUTE_KEY else key] = value
+            request.add_to_scope("route" if key is ROUTE_KEY else key, value)
 
 
 def _no_response(*args: Any) -> Any:
