@@ -50,9 +50,11 @@ class EnvironRequest(CapturedRequest):
     _headers: Iterable[tuple[bytes, bytes]] | None
 
     def __init__(self, environ: dict[str, Any] | None, config: KafkaLogConfig) -> None:
-        snapshot = {} if environ is None else environ.copy()
-        for key in _STREAM_KEYS:  # the server's, valid only while it serves the request
-            snapshot.pop(key, None)
+        snapshot: dict[str, Any] = {}
+        if environ is not None:
+            snapshot = environ.copy()
+            for key in _STREAM_KEYS:  # the server's, valid only while it serves the request
+                snapshot.pop(key, None)
         self._snapshot = snapshot
         self._scope_facts: dict[str, Any] | None = None
         self._header_strs: Iterable[tuple[str, str]] = ()
