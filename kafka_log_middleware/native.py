@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-PROTOCOL = 8
+PROTOCOL = 9
 """The calling convention this package expects (``PROTOCOL`` in native/src/lib.rs)."""
 
 try:

@@ -40,7 +40,7 @@ from .producers import (
     ProducerCache,
     Verdict,
 )
-from .serializer import encode_entry, message_key
+from .serializer import encode_entry, encode_run, message_key, rest_of_run
 from .spooling import Replay, Spooling
 
 Resolver = Callable[[CapturedRequest], KafkaLogConfig | None]
@@ -548,7 +548,8 @@ class Publisher:
         """Build and encode the buffered entries into the outboxes, a time slice at a time.
 
         Slices are bounded in time, not in entries: under load the loop runs many
-        requests between two slices, and a fixed small count would fall behind.
+        requests between two slices, and a fixed small count would fall behind. Runs of
+        plain entries (see ``_runs``) are encoded in one native call each.
         """
         now = time.monotonic()
         left = len(self.buffer)  # not those arriving meanwhile: outboxes get their turn
@@ -559,37 +560,102 @@ class Publisher:
         slice_end = clock() + SLICE_SECONDS
         bound = self._config().buffer_max_bytes
         while left > 0 and self.buffer:
-            left -= _CHUNK
-            for request in self.buffer.take(_CHUNK):
-                encoded = self._encode(request)
-                if encoded is None:
-                    continue
-                config, message = encoded
+            chunk = self.buffer.take(_CHUNK)
+            left -= len(chunk)
+            index = 0
+            while index < len(chunk):
+                request = chunk[index]
+                config = request.config
                 if config is not last_config or box is None:  # mostly one config: look up once
                     last_config, box = config, self._outbox(config)
                     to_disk = self._to_disk(box)
-                size = len(message[1]) + (0 if message[0] is None else len(message[0]))
-                if self._held + size > bound:
-                    to_disk = to_disk or (self._spooling is not None and config.overflow == "spool")
-                    if not to_disk and not self._made_room(size, bound, config):
-                        continue
-                if to_disk:
-                    assert self._spooling is not None
-                    if (box.use.in_flight or box.use.parked) and self._held + size <= bound:
-                        self._held += size
-                        self._park_new(box, message)
-                    else:
-                        self._spooling.add(config.topic, [message])
+                rest: object = None
+                if not to_disk and self._runs(config):
+                    run = encode_run(chunk, index, config, config.entry_limit)
+                    if run is not None:
+                        messages, size, rest = run
+                        if messages:
+                            last = chunk[index + len(messages) - 1]
+                            if self._held + size <= bound:
+                                self._add_run(box, messages, size, request, last, now)
+                            else:  # at the bound: each on its own (dropped, or room made)
+                                for message, of in zip(messages, chunk[index:], strict=False):
+                                    self._place(box, of, message, False, bound, now)
+                            index += len(messages)
+                            if index == len(chunk):
+                                break
+                            request = chunk[index]
+                index += 1
+                encoded = self._encode(request, rest)
+                if encoded is None:
                     continue
-                self._held += size
-                if not box.messages:
-                    box.since = now
-                    box.first_end = request.t_end
-                box.last_end = request.t_end
-                box.messages.append(message)
+                config, message = encoded
+                if config is not last_config:
+                    last_config, box = config, self._outbox(config)
+                    to_disk = self._to_disk(box)
+                self._place(box, request, message, to_disk, bound, now)
             if clock() >= slice_end:
                 await asyncio.sleep(0)
                 slice_end = clock() + SLICE_SECONDS
+
+    def _runs(self, config: KafkaLogConfig) -> bool:
+        """Whether ``config``'s entries may be encoded in runs (``serializer.encode_run``):
+        no hook decides per entry here, and messages have no key."""
+        return (
+            self._resolver is None
+            and config.should_log is None
+            and config.key is None
+            and config.key_query_arg is None
+        )
+
+    def _add_run(
+        self,
+        box: _Outbox,
+        messages: list[Message],
+        size: int,
+        first: CapturedRequest,
+        last: CapturedRequest,
+        now: float,
+    ) -> None:
+        """Add a run of entries (``first`` to ``last``) that fits the byte bound to ``box``."""
+        self._held += size
+        if not box.messages:
+            box.since = now
+            box.first_end = first.t_end
+        box.last_end = last.t_end
+        box.messages += messages
+
+    def _place(
+        self,
+        box: _Outbox,
+        request: CapturedRequest,
+        message: Message,
+        to_disk: bool,
+        bound: int,
+        now: float,
+    ) -> None:
+        """Put one encoded entry in ``box``, or in the spool; past the byte bound, make
+        room or drop it (see ``_made_room``)."""
+        config = box.config
+        size = len(message[1]) + (0 if message[0] is None else len(message[0]))
+        if self._held + size > bound:
+            to_disk = to_disk or (self._spooling is not None and config.overflow == "spool")
+            if not to_disk and not self._made_room(size, bound, config):
+                return
+        if to_disk:
+            assert self._spooling is not None
+            if (box.use.in_flight or box.use.parked) and self._held + size <= bound:
+                self._held += size
+                self._park_new(box, message)
+            else:
+                self._spooling.add(config.topic, [message])
+            return
+        self._held += size
+        if not box.messages:
+            box.since = now
+            box.first_end = request.t_end
+        box.last_end = request.t_end
+        box.messages.append(message)
 
     def _made_room(self, size: int, bound: int, config: KafkaLogConfig) -> bool:
         """Past the byte bound: True when the oldest entries made room for ``size`` more
@@ -670,7 +736,11 @@ class Publisher:
                 messages, box.messages = box.messages, []
                 self._park(box, messages, self._next_order(), False)
 
-    def _encode(self, request: CapturedRequest) -> tuple[KafkaLogConfig, Message] | None:
+    def _encode(
+        self, request: CapturedRequest, rest: object = None
+    ) -> tuple[KafkaLogConfig, Message] | None:
+        """The request's config and message; None when it is skipped or dropped. ``rest``:
+        what a run that stopped at it left (``serializer.rest_of_run``)."""
         if request.config.should_log is not None and not filters.should_log(request):
             self.buffer.skip_by_hook()
             return None
@@ -679,7 +749,7 @@ class Publisher:
                 chosen = self._resolver(request)
                 if chosen is not None:
                     request.config = chosen
-            value = encode_entry(request)
+            value = encode_entry(request) if rest is None else rest_of_run(request, rest)
             config = request.config
             plain = config.key is None and config.key_query_arg is None
             key = None if plain else message_key(request)

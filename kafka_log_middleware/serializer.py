@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -56,6 +56,39 @@ def encode_entry(request: CapturedRequest) -> bytes:
             if out is not None:
                 return _finish(*out)
     return orjson.dumps(build_entry(request))
+
+
+def encode_run(
+    requests: list[CapturedRequest], start: int, config: KafkaLogConfig, limit: int
+) -> tuple[list[tuple[bytes | None, bytes]], int, object] | None:
+    """The entries of ``requests[start:]`` in one native call, while each has ``config``,
+    no bodies nor upstream facts, and fits ``limit`` bytes: the messages ``(None, entry)``,
+    their total bytes, and what :func:`rest_of_run` needs for the request the run stopped
+    at. None when ``config``'s entries are not built natively (``encode_entry`` then)."""
+    if _native is None:
+        return None
+    last = _last_plan
+    plan = last[1] if last[0] is config else _plan(config)
+    if plan is None:
+        return None
+    tracer = trace_id if config.trace_ids else None
+    run: tuple[list[tuple[bytes | None, bytes]], int, object]
+    run = _native.encode_run(plan, config, requests, start, limit, UPSTREAM_KEY, tracer)
+    return run
+
+
+def rest_of_run(request: CapturedRequest, rest: object) -> bytes:
+    """The entry of the request an :func:`encode_run` stopped at, from what it left: None
+    (nothing ran for it yet), its bytes (over the limit), ``(entry, fields)``, or the
+    exception its hooks raised (raised again here, as ``encode_entry`` would)."""
+    if rest is None:
+        return encode_entry(request)
+    if type(rest) is bytes:
+        return rest
+    if isinstance(rest, BaseException):
+        raise rest
+    head, fields = cast(tuple[bytes, list[tuple[str, Any]]], rest)
+    return _finish(head, fields)
 
 
 # -- the compiled serializer (optional) ------------------------------------------------

@@ -75,6 +75,21 @@ def encode(
     ``request_body`` and ``response_body`` the body fields of each side
     (``bodies.body_fields``), or None."""
 
+def encode_run(
+    plan: Plan,
+    config: Any,
+    requests: list[Any],
+    start: int,
+    limit: int,
+    upstream_key: str,
+    trace_id: Callable[[Any], str | None] | None = None,
+) -> tuple[list[tuple[None, bytes]], int, object]:
+    """The entries of ``requests[start:]`` while each has ``config``, no upstream facts
+    and no bodies, and fits ``limit`` bytes: the messages ``(None, entry)``, their total
+    bytes, and how the request the run stopped at goes on: None (``encode_entry`` from
+    the start), its bytes (over ``limit``), ``(entry, fields)`` as from ``encode``, or
+    the exception it raised. ``trace_id``: ``tracing.trace_id`` when trace ids are on."""
+
 def scope_of(environ: dict[str, Any], /) -> dict[str, Any] | None:
     """``kafka_log_middleware.environ.scope_of(environ)``, the same dict; None: run that
     Python function instead (an environ beyond its fast path: non-ASCII keys or paths,

@@ -411,12 +411,21 @@ class Rig:
 
     # -- driving ------------------------------------------------------------------
 
-    def put(self, count: int = 1, config: KafkaLogConfig | None = None) -> list[int]:
-        """Capture ``count`` more requests (numbered on from the last); their numbers."""
+    def put(
+        self,
+        count: int = 1,
+        config: KafkaLogConfig | None = None,
+        edit: Callable[[CapturedRequest], object] | None = None,
+    ) -> list[int]:
+        """Capture ``count`` more requests (numbered on from the last; each given to
+        ``edit`` first); their numbers."""
         numbers = list(range(self._next, self._next + count))
         self._next += count
         for number in numbers:
-            self.buffer.put(captured(number, config or self.config))
+            request = captured(number, config or self.config)
+            if edit is not None:
+                edit(request)
+            self.buffer.put(request)
         self._step()
         return numbers
 

@@ -38,9 +38,11 @@ from starlette.routing import Mount, Route
 
 from kafka_log_middleware import nginx_vars, serializer
 from kafka_log_middleware.asgi import ASGIRequest
+from kafka_log_middleware.bodies import BodyCopy
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig, LogFormat
 from kafka_log_middleware.custom_fields import set_serialize_value
+from kafka_log_middleware.gateway import UPSTREAM_KEY, Upstream
 from kafka_log_middleware.routes import matched_route
 from kafka_log_middleware.serializer import build_entry, encode_entry
 from kafka_log_middleware.tracing import trace_id
@@ -1133,3 +1135,102 @@ def test_random_bodies_are_native_and_identical(recorder: Recorder) -> None:
         run = recorder.run(request)
         assert run.path == "native"
         assert _without_id(run.outcome) == _without_id(_python(request))
+
+
+# -- runs: the publisher's one native call per run of plain entries -----------------
+
+
+def _by_runs(requests: list[CapturedRequest], limit: int, kinds: Counter[str]) -> list[Outcome]:
+    """``requests`` encoded as the publisher does: runs of ``encode_run``, and each request
+    a run stops at through ``rest_of_run``; ``kinds`` counts the runs and the stops."""
+    out: list[Outcome] = []
+    index = 0
+    while index < len(requests):
+        request = requests[index]
+        run = serializer.encode_run(requests, index, request.config, limit)
+        if run is None:  # a config only the Python path serves (custom fields)
+            kinds["no run"] += 1
+            out.append(_outcome(lambda r=request: encode_entry(r)))  # type: ignore[misc]
+            index += 1
+            continue
+        messages, size, rest = run
+        assert size == sum(len(value) for _, value in messages)
+        assert all(key is None and len(value) <= limit for key, value in messages)
+        out += [_bytes(value) for _, value in messages]
+        kinds["run of 2 or more" if len(messages) > 1 else f"run of {len(messages)}"] += 1
+        index += len(messages)
+        if index == len(requests):
+            break
+        kinds["stop: " + type(rest).__name__] += 1
+        stopped = requests[index]
+        out.append(_outcome(lambda r=stopped, left=rest: serializer.rest_of_run(r, left)))  # type: ignore[misc]
+        index += 1
+    return out
+
+
+def _neighbours(rng: random.Random, tmp: Path, count: int) -> list[CapturedRequest]:
+    """Generated requests, each followed by 0 to 3 clones (the same config: a run)."""
+    requests: list[CapturedRequest] = []
+    for _ in range(count):
+        request = _generated(rng, tmp).request
+        requests.append(request)
+        requests += [_clone(request) for _ in range(rng.choice([0, 1, 3]))]
+    return requests
+
+
+@pytest.mark.parametrize("limit", [1 << 30, 900])
+def test_runs_give_the_entries_of_encode_entry(files: Path, limit: int) -> None:
+    requests = _neighbours(random.Random(20261204 + limit), files, 600)
+    kinds: Counter[str] = Counter()
+    expected = [_outcome(lambda r=r: encode_entry(r)) for r in requests]  # type: ignore[misc]
+    assert _by_runs(requests, limit, kinds) == expected
+    assert kinds["run of 2 or more"] >= 100
+    assert kinds["stop: NoneType"] >= 50  # another config, or the native encoder declined
+    assert kinds["stop: tuple"] >= 20  # hook values left to orjson
+    assert kinds["no run"] >= 10
+    if limit < 1 << 30:
+        assert kinds["stop: bytes"] >= 20  # over the limit: left to the publisher to fit
+
+
+def test_a_run_stops_where_python_must_look_first() -> None:
+    config = _config("kong2")
+    other = config.replace(topic="other")
+    plain = _request(config=config)
+    gateway = _request(config=config)
+    gateway.scope[UPSTREAM_KEY] = Upstream()
+    bodies = _request(config=config)
+    bodies.response_body = BodyCopy(100)
+    requests = [plain, _clone(plain), gateway, _clone(plain), _request(config=other), bodies]
+    starts = []
+    index = 0
+    while index < len(requests):
+        run = serializer.encode_run(requests, index, requests[index].config, 1 << 30)
+        assert run is not None
+        messages, _, rest = run
+        assert rest is None
+        starts.append((index, len(messages)))
+        index += len(messages) + 1
+    assert starts == [(0, 2), (3, 1), (5, 0)]
+
+
+def test_a_base_exception_in_a_run_is_handed_back() -> None:
+    def consumer(request: CapturedRequest) -> Any:
+        raise KeyboardInterrupt
+
+    plain = _request(config=_config("kong2"))
+    hooked = _request(config=_config("kong2", consumer=consumer))
+    run = serializer.encode_run([plain, hooked], 0, plain.config, 1 << 30)
+    assert run is not None
+    assert len(run[0]) == 1
+    run = serializer.encode_run([hooked], 0, hooked.config, 1 << 30)
+    assert run is not None
+    messages, size, rest = run
+    assert (messages, size) == ([], 0)
+    assert isinstance(rest, KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        serializer.rest_of_run(hooked, rest)
+
+
+def test_no_run_for_a_config_the_native_encoder_cannot_take() -> None:
+    config = _config("kong2", custom_fields={"x": lambda request: 1})
+    assert serializer.encode_run([_request(config=config)], 0, config, 1 << 30) is None

@@ -15,11 +15,12 @@ from typing import Any
 import orjson
 import pytest
 
-from kafka_log_middleware import _log
+from kafka_log_middleware import _log, serializer
 from kafka_log_middleware import publisher as publisher_module
 from kafka_log_middleware.buffer import LogBuffer
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig
+from kafka_log_middleware.gateway import upstream
 from kafka_log_middleware.producers import Verdict
 from kafka_log_middleware.publisher import Publisher, Resolver
 from kafka_log_middleware.serializer import encode_entry
@@ -1105,6 +1106,37 @@ async def test_the_message_key_is_none_unless_key_or_key_query_arg_is_configured
         await rig.settled()
         [handover] = rig.handovers()
         assert [message_key for message_key, _ in handover.messages] == [key]
+
+
+async def test_plain_entries_go_in_native_runs_and_keep_their_build_order(
+    scripted: Scripted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries of one config are encoded a run at a time (one native call each); one that
+    only the Python path builds (a gateway's upstream facts) keeps its place."""
+    runs: list[int] = []
+    encode_run = serializer.encode_run
+
+    def counted(*args: Any) -> Any:
+        run = encode_run(*args)
+        runs.append(-1 if run is None else len(run[0]))
+        return run
+
+    monkeypatch.setattr(publisher_module, "encode_run", counted)
+    settings = config(producer_request_limits_messages_per_request=12)
+    async with Rig(scripted, settings) as rig:
+        rig.put(5)
+        rig.put(1, edit=lambda request: upstream(request, "/upstream"))
+        rig.put(6)
+        await rig.settled()
+        [handover] = rig.handovers()
+        assert handover.ids == list(range(12))
+        entries = [orjson.loads(value) for _, value in handover.messages]
+        assert [entry["upstream_uri"] for entry in entries].count("/upstream") == 1
+        assert entries[5]["upstream_uri"] == "/upstream"
+    if serializer._native is None:
+        assert set(runs) == {-1}  # no native module: each entry on its own
+    else:
+        assert sum(runs) == 11 and max(runs) >= 3, runs
 
 
 # -- take-over by the exit flush ------------------------------------------------------

@@ -171,10 +171,7 @@ pub fn write_tail<'py>(
     ];
     for (name, hook) in hooks {
         let Some(hook) = hook else { continue };
-        if name == "route"
-            && plan.default_route
-            && pending.is_empty()
-            && matched_route(out, scope)
+        if name == "route" && plan.default_route && pending.is_empty() && matched_route(out, scope)
         {
             continue;
         }
@@ -439,9 +436,13 @@ fn write_headers(out: &mut Vec<u8>, headers: &Fields<'_, &[u8]>, redacted: &str)
         json::latin1(out, &field.key);
         out.push(b':');
         if field.redacted {
-            write_list(out, &field.first, &field.more, |out, _| json::string(out, redacted));
+            write_list(out, &field.first, &field.more, |out, _| {
+                json::string(out, redacted)
+            });
         } else {
-            write_list(out, &field.first, &field.more, |out, value| json::text(out, value));
+            write_list(out, &field.first, &field.more, |out, value| {
+                json::text(out, value)
+            });
         }
     }
     out.push(b'}');

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
@@ -20,7 +21,7 @@ mod records;
 mod value;
 
 /// Version of the calling convention between this module and `serializer.py`.
-const PROTOCOL: u32 = 8;
+const PROTOCOL: u32 = 9;
 
 /// Constants of `kafka_log_middleware` the entry depends on, given once at import so
 /// that the Python modules stay their single source.
@@ -235,6 +236,112 @@ fn encode<'py>(
     result
 }
 
+/// The entries of `requests[start..]` that take the fast path, as the messages
+/// `(None, entry)` of one outbox, with their total bytes, and what stopped the run.
+///
+/// A request takes it while its `config` is `config`, its scope has no `upstream_key`,
+/// it carries no bodies, and its entry comes out as plain bytes of at most `limit`.
+/// The run stops at the first that does not; `rest` says how that one goes on: `None`
+/// (no hook ran for it: `encode_entry` from the start), the entry's bytes (over
+/// `limit`), `(entry, fields)` (as from [`encode`]), or the exception it raised (the
+/// `encode_entry` call would have raised it). `trace_id`: `tracing.trace_id`, when
+/// the config logs trace ids.
+#[pyfunction]
+#[pyo3(signature = (plan, config, requests, start, limit, upstream_key, trace_id=None))]
+fn encode_run<'py>(
+    plan: &Bound<'py, Plan>,
+    config: &Bound<'py, PyAny>,
+    requests: &Bound<'py, PyList>,
+    start: usize,
+    limit: usize,
+    upstream_key: &Bound<'py, PyString>,
+    trace_id: Option<&Bound<'py, PyAny>>,
+) -> PyResult<(Bound<'py, PyList>, usize, Option<Bound<'py, PyAny>>)> {
+    let py = requests.py();
+    let messages = PyList::empty(py);
+    let mut size = 0;
+    let mut out = BUFFER.take();
+    let mut rest = None;
+    for index in start..requests.len() {
+        out.clear();
+        let request = requests.get_item(index)?;
+        match encode_one(
+            &mut out,
+            plan.get(),
+            config,
+            &request,
+            upstream_key,
+            trace_id,
+        ) {
+            Ok(Some(value)) => match value.cast_exact::<PyBytes>() {
+                Ok(bytes) if bytes.as_bytes().len() <= limit => {
+                    size += bytes.as_bytes().len();
+                    messages.append((py.None(), bytes))?;
+                }
+                _ => {
+                    rest = Some(value);
+                    break;
+                }
+            },
+            Ok(None) => break,
+            Err(error) => {
+                rest = Some(error.into_value(py).into_bound(py).into_any());
+                break;
+            }
+        }
+    }
+    if out.capacity() <= MAX_KEPT_BUFFER {
+        BUFFER.set(out);
+    }
+    Ok((messages, size, rest))
+}
+
+/// One request of [`encode_run`]: its entry, or `None` before any hook ran for it.
+fn encode_one<'py>(
+    out: &mut Vec<u8>,
+    plan: &Plan,
+    config: &Bound<'py, PyAny>,
+    request: &Bound<'py, PyAny>,
+    upstream_key: &Bound<'py, PyString>,
+    trace_fn: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = request.py();
+    if !request.getattr(intern!(py, "config"))?.is(config) {
+        return Ok(None);
+    }
+    let request_body = request.getattr(intern!(py, "request_body"))?;
+    let response_body = request.getattr(intern!(py, "response_body"))?;
+    if !request_body.is_none() || !response_body.is_none() {
+        return Ok(None);
+    }
+    let scope = request.getattr(intern!(py, "scope"))?;
+    if scope.contains(upstream_key)? {
+        return Ok(None);
+    }
+    let trace = match trace_fn {
+        Some(f) => f.call1((request,))?.extract::<Option<String>>()?,
+        None => None,
+    };
+    let facts = entry::Facts {
+        request,
+        scope: &scope,
+        status: &request.getattr(intern!(py, "status"))?,
+        response_headers: &request.getattr(intern!(py, "response_headers"))?,
+        body_sent: &request.getattr(intern!(py, "body_sent"))?,
+        body_read: &request.getattr(intern!(py, "body_read"))?,
+        file_path: &request.getattr(intern!(py, "file_path"))?,
+        client_gone: &request.getattr(intern!(py, "client_gone"))?,
+        started_at: &request.getattr(intern!(py, "started_at"))?,
+        t_start: &request.getattr(intern!(py, "t_start"))?,
+        t_response: &request.getattr(intern!(py, "t_response"))?,
+        t_end: &request.getattr(intern!(py, "t_end"))?,
+        trace_id: trace.as_deref(),
+        request_body: &request_body,
+        response_body: &response_body,
+    };
+    encode_into(out, plan, &facts)
+}
+
 thread_local! {
     static BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
@@ -268,11 +375,11 @@ fn encode_into<'py>(
 #[pymodule]
 mod kafka_log_middleware_native {
     #[pymodule_export]
-    use super::{encode, Plan, Tables};
-    #[pymodule_export]
     use super::environ::scope_of;
     #[pymodule_export]
     use super::records::{batch, records};
+    #[pymodule_export]
+    use super::{encode, encode_run, Plan, Tables};
 
     #[pymodule_export]
     const PROTOCOL: u32 = super::PROTOCOL;
