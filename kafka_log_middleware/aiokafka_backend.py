@@ -11,7 +11,9 @@ once, so a bad topic costs one metadata wait per attempt, not one per batch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import operator
 import ssl
 import weakref
 from collections import deque
@@ -47,6 +49,8 @@ from .record_batch import NativeBatch
 from .security import OAuthBearer
 
 _partition_for_key = DefaultPartitioner()
+_first = operator.itemgetter(0)
+_is_none = functools.partial(operator.is_, None)
 _Lane = deque[tuple[list[Message], OnDone]]
 
 _MAYBE_WRITTEN = (
@@ -220,13 +224,15 @@ class AiokafkaProducer(Producer):
         """Hand ``messages`` to aiokafka in batches, one per partition."""
         cluster = self._producer.client.cluster
         available = list(cluster.available_partitions_for_topic(topic) or ())
-        groups: dict[int, list[Message]] = {}
         # Unkeyed entries stick to one partition per call, as Kafka's sticky partitioner does.
         unkeyed = _partition_for_key(None, partitions, available)
-        for message in messages:
-            key = message[0]
-            part = unkeyed if key is None else _partition_for_key(key, partitions, available)
-            groups.setdefault(part, []).append(message)
+        groups: dict[int, list[Message]] = {unkeyed: messages}
+        if not all(map(_is_none, map(_first, messages))):  # looked at in C: mostly no keys
+            groups = {}
+            for message in messages:
+                key = message[0]
+                part = unkeyed if key is None else _partition_for_key(key, partitions, available)
+                groups.setdefault(part, []).append(message)
         waiting = list(groups.values())
         try:
             for partition, group in groups.items():

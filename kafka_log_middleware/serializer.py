@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
-from . import _log, native, nginx_vars
+from . import _log, bodies, native, nginx_vars
 from .bodies import body_fields, header
 from .custom_fields import EDITS_KEY, apply_edit, apply_edits, request_edits
 from .gateway import UPSTREAM_KEY, Upstream, apply_upstream
@@ -138,6 +138,8 @@ def _new_plan(config: KafkaLogConfig) -> Any:
                     server_name=nginx_vars.SERVER_NAME,
                     edits_key=EDITS_KEY,
                     warn=warn_hook,
+                    body_kind=bodies._kind,
+                    body_omitted_type=bodies.OMITTED_TYPE,
                 )
             plan = _native.Plan(
                 _native_tables,
@@ -152,6 +154,8 @@ def _new_plan(config: KafkaLogConfig) -> Any:
                 route_is_default=config.route is matched_route,
                 consumer=config.consumer,
                 authenticated_entity=config.authenticated_entity,
+                body_content_types=config.body_content_types,
+                redact_body_keys=bool(config.redact_body_keys),
             )
         except Exception:
             plan = None  # a config the native Plan cannot take: the Python path

@@ -25,6 +25,8 @@ class Tables:
         server_name: str,
         edits_key: str,
         warn: Callable[[str, Exception], object],
+        body_kind: Callable[[bytes | None, tuple[str, ...]], tuple[str, str]],
+        body_omitted_type: str,
     ) -> Tables: ...
 
 @final
@@ -47,6 +49,8 @@ class Plan:
         route_is_default: bool,
         consumer: Callable[[Any], Any] | None,
         authenticated_entity: Callable[[Any], Any] | None,
+        body_content_types: tuple[str, ...],
+        redact_body_keys: bool,
     ) -> Plan: ...
 
 def encode(
@@ -84,11 +88,12 @@ def encode_run(
     upstream_key: str,
     trace_id: Callable[[Any], str | None] | None = None,
 ) -> tuple[list[tuple[None, bytes]], int, object]:
-    """The entries of ``requests[start:]`` while each has ``config``, no upstream facts
-    and no bodies, and fits ``limit`` bytes: the messages ``(None, entry)``, their total
-    bytes, and how the request the run stopped at goes on: None (``encode_entry`` from
-    the start), its bytes (over ``limit``), ``(entry, fields)`` as from ``encode``, or
-    the exception it raised. ``trace_id``: ``tracing.trace_id`` when trace ids are on."""
+    """The entries of ``requests[start:]`` while each has ``config`` and no upstream
+    facts, and fits ``limit`` bytes (bodies written from each side's ``BodyCopy``): the
+    messages ``(None, entry)``, their total bytes, and how the request the run stopped
+    at goes on: None (``encode_entry`` from the start), its bytes (over ``limit``),
+    ``(entry, fields)`` as from ``encode``, or the exception it raised. ``trace_id``:
+    ``tracing.trace_id`` when trace ids are on."""
 
 def scope_of(environ: dict[str, Any], /) -> dict[str, Any] | None:
     """``kafka_log_middleware.environ.scope_of(environ)``, the same dict; None: run that

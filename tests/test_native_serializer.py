@@ -1200,7 +1200,13 @@ def test_a_run_stops_where_python_must_look_first() -> None:
     gateway.scope[UPSTREAM_KEY] = Upstream()
     bodies = _request(config=config)
     bodies.response_body = BodyCopy(100)
+    bodies.response_body.add(b"written natively")
+    redacting = config.replace(redact_body_keys=("password",), include_response_body=True)
+    redacted = _request(config=redacting, response_headers=[(b"content-type", b"application/json")])
+    redacted.response_body = BodyCopy(100)
+    redacted.response_body.add(b'{"password": 1}')
     requests = [plain, _clone(plain), gateway, _clone(plain), _request(config=other), bodies]
+    requests.append(redacted)
     starts = []
     index = 0
     while index < len(requests):
@@ -1209,8 +1215,9 @@ def test_a_run_stops_where_python_must_look_first() -> None:
         messages, _, rest = run
         assert rest is None
         starts.append((index, len(messages)))
-        index += len(messages) + 1
-    assert starts == [(0, 2), (3, 1), (5, 0)]
+        index += len(messages) or 1
+    # the gateway's entry, then the redaction are Python's
+    assert starts == [(0, 2), (2, 0), (3, 1), (4, 1), (5, 1), (6, 0)]
 
 
 def test_a_base_exception_in_a_run_is_handed_back() -> None:
@@ -1234,3 +1241,45 @@ def test_a_base_exception_in_a_run_is_handed_back() -> None:
 def test_no_run_for_a_config_the_native_encoder_cannot_take() -> None:
     config = _config("kong2", custom_fields={"x": lambda request: 1})
     assert serializer.encode_run([_request(config=config)], 0, config, 1 << 30) is None
+
+
+def test_runs_write_bodies_natively_as_the_python_path_does(files: Path) -> None:
+    """Bodies in runs: written natively from each side's ``BodyCopy`` (no body fields built
+    in Python), byte for byte those of ``encode_entry``; the cases it leaves to Python
+    (JSON keys to redact, another charset, invalid UTF-8) stop the run."""
+    from tests.test_bodies import captured
+
+    rng = random.Random(20261205)
+    pieces = [b'"', b"\\", b"\x00", b"\x1f", b"\n", b"a", b"{}", "é".encode(), "✓".encode()]
+    pieces += ["😀".encode(), b"\xff", b"\xed\xa0\x80", b"\xf4\x90"]
+    types = [b"application/json", b"text/plain", b"text/csv; charset=utf-8", b"", b"image/png"]
+    types += [b"application/octet-stream", b"text/plain; charset=latin-1", b"Application/JSON"]
+    requests: list[CapturedRequest] = []
+    for _ in range(400):
+        config = KafkaLogConfig(
+            bootstrap_servers=("127.0.0.1:9",),
+            topic="t",
+            log_format=rng.choice(LAYOUTS),
+            include_request_body=rng.random() < 0.9,
+            include_response_body=rng.random() < 0.9,
+            max_request_body_bytes=rng.choice([1, 7, 64, 512 * 1024]),
+            max_response_body_bytes=rng.choice([2, 9, 100, 512 * 1024]),
+            body_content_types=rng.choice([("text/*", "application/json"), ("*/*",)]),
+            redact_body_keys=rng.choice([(), (), (), ("password",)]),
+        )
+        alphabet = pieces[:9] if rng.random() < 0.8 else pieces  # some with invalid UTF-8
+        body = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        chunks = [body[: len(body) // 2], body[len(body) // 2 :]]
+        request = captured(config, (body, rng.choice(types)), (chunks, rng.choice(types)))
+        requests += [request, *(_clone_bodies(request) for _ in range(rng.choice([0, 2])))]
+    kinds: Counter[str] = Counter()
+    expected = [_without_id(_python(r)) for r in requests]
+    assert [_without_id(o) for o in _by_runs(requests, 1 << 30, kinds)] == expected
+    assert kinds["run of 2 or more"] >= 100
+    assert kinds["stop: NoneType"] >= 30  # left to Python (or another config next)
+
+
+def _clone_bodies(request: CapturedRequest) -> CapturedRequest:
+    clone = _clone(request)
+    clone.request_body, clone.response_body = request.request_body, request.response_body
+    return clone

@@ -12,7 +12,7 @@ use pyo3::{intern, CastError, CastIntoError};
 use smallvec::SmallVec;
 
 use crate::nginx::{self, Arg, Fields};
-use crate::{json, value, Plan, Tables};
+use crate::{body, json, value, Plan, Tables};
 
 /// The Python path must build this entry (never an error of its own: the Python path
 /// meets the same fact and raises, or handles it).
@@ -36,7 +36,7 @@ impl From<CastIntoError<'_>> for Fallback {
     }
 }
 
-type Res<T> = Result<T, Fallback>;
+pub type Res<T> = Result<T, Fallback>;
 type Pair<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>);
 type Pairs<'py> = SmallVec<[Pair<'py>; 12]>;
 type Header<'a> = (&'a [u8], &'a [u8]);
@@ -63,6 +63,10 @@ pub struct Facts<'a, 'py> {
     pub request_body: &'a Bound<'py, PyAny>,
     /// The response's body fields, or None.
     pub response_body: &'a Bound<'py, PyAny>,
+    /// The request's `BodyCopy`, to write natively in place of `request_body`'s fields.
+    pub request_copy: Option<&'a Bound<'py, PyAny>>,
+    /// The response's `BodyCopy`, likewise.
+    pub response_copy: Option<&'a Bound<'py, PyAny>>,
 }
 
 /// Everything before `service`; the scope on success, for the hooks.
@@ -125,7 +129,10 @@ fn head<'a, 'py>(
         out.extend_from_slice(b",\"id\":");
         write_request_id(out, plan, &headers)?;
     }
-    write_fields(out, facts.request_body)?;
+    match facts.request_copy {
+        Some(copy) => body::write(out, plan, copy, body::content_type(&headers))?,
+        None => write_fields(out, facts.request_body)?,
+    }
     out.extend_from_slice(b"},\"upstream_uri\":");
     json::text(out, &target.uri);
 
@@ -628,7 +635,10 @@ fn write_response(
         let body = if head { 0 } else { body_size(facts)? };
         let size = bytes_sent(tables, status, &headers, body)?;
         write_response_fields(out, plan, status, &headers, size);
-        write_fields(out, facts.response_body)?;
+        match facts.response_copy {
+            Some(copy) => body::write(out, plan, copy, body::content_type(&headers))?,
+            None => write_fields(out, facts.response_body)?,
+        }
         out.push(b'}');
     } else if facts.client_gone.is_truthy()? {
         write_response_fields(out, plan, 499, &[], 0);

@@ -13,6 +13,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
+mod body;
 mod entry;
 mod environ;
 mod json;
@@ -39,6 +40,10 @@ pub struct Tables {
     edits_key: Py<PyString>,
     /// `serializer._warn_hook(field, exc)`: logs a hook that raised.
     warn: Py<PyAny>,
+    /// `bodies._kind(content_type, patterns)`: how a body of that media type is logged.
+    body_kind: Py<PyAny>,
+    /// `bodies.OMITTED_TYPE`.
+    body_omitted_type: String,
 }
 
 #[pymethods]
@@ -46,7 +51,7 @@ impl Tables {
     #[new]
     #[pyo3(signature = (
         *, reasons, tls_versions, ciphers, server_error_headers, server_error_body,
-        redacted, server_name, edits_key, warn
+        redacted, server_name, edits_key, warn, body_kind, body_omitted_type
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -59,6 +64,8 @@ impl Tables {
         server_name: String,
         edits_key: Py<PyString>,
         warn: Py<PyAny>,
+        body_kind: Py<PyAny>,
+        body_omitted_type: String,
     ) -> Self {
         let reasons = reasons
             .into_iter()
@@ -74,6 +81,8 @@ impl Tables {
             server_name,
             edits_key,
             warn,
+            body_kind,
+            body_omitted_type,
         }
     }
 }
@@ -98,6 +107,10 @@ pub struct Plan {
     default_route: bool,
     consumer: Option<Py<PyAny>>,
     authenticated_entity: Option<Py<PyAny>>,
+    /// `body_content_types`, for `Tables.body_kind`.
+    body_patterns: Py<PyAny>,
+    /// `redact_body_keys` is set: JSON bodies are left to the Python path.
+    redact_body_keys: bool,
 }
 
 #[pymethods]
@@ -107,7 +120,8 @@ impl Plan {
     #[pyo3(signature = (
         tables, *, kong3, redact_headers, redact_response_headers, request_id_header,
         workspace, workspace_name,
-        service, route, route_is_default, consumer, authenticated_entity
+        service, route, route_is_default, consumer, authenticated_entity,
+        body_content_types, redact_body_keys
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -123,6 +137,8 @@ impl Plan {
         route_is_default: bool,
         consumer: Option<Py<PyAny>>,
         authenticated_entity: Option<Py<PyAny>>,
+        body_content_types: Py<PyAny>,
+        redact_body_keys: bool,
     ) -> PyResult<Self> {
         let unsupported = || pyo3::exceptions::PyValueError::new_err("not for the native encoder");
         let names = |names: &[Bound<'_, PyString>]| -> Vec<Vec<u8>> {
@@ -160,6 +176,8 @@ impl Plan {
             default_route: route_is_default,
             consumer,
             authenticated_entity,
+            body_patterns: body_content_types,
+            redact_body_keys,
         })
     }
 }
@@ -224,6 +242,8 @@ fn encode<'py>(
         trace_id,
         request_body,
         response_body,
+        request_copy: None,
+        response_copy: None,
     };
     // One buffer per thread, reused: taken, not borrowed, so that a hook that encodes
     // an entry of its own simply gets a new one.
@@ -309,11 +329,9 @@ fn encode_one<'py>(
     if !request.getattr(intern!(py, "config"))?.is(config) {
         return Ok(None);
     }
-    let request_body = request.getattr(intern!(py, "request_body"))?;
-    let response_body = request.getattr(intern!(py, "response_body"))?;
-    if !request_body.is_none() || !response_body.is_none() {
-        return Ok(None);
-    }
+    let request_copy = request.getattr(intern!(py, "request_body"))?;
+    let response_copy = request.getattr(intern!(py, "response_body"))?;
+    let none = py.None().into_bound(py);
     let scope = request.getattr(intern!(py, "scope"))?;
     if scope.contains(upstream_key)? {
         return Ok(None);
@@ -336,8 +354,10 @@ fn encode_one<'py>(
         t_response: &request.getattr(intern!(py, "t_response"))?,
         t_end: &request.getattr(intern!(py, "t_end"))?,
         trace_id: trace.as_deref(),
-        request_body: &request_body,
-        response_body: &response_body,
+        request_body: &none,
+        response_body: &none,
+        request_copy: (!request_copy.is_none()).then_some(&request_copy),
+        response_copy: (!response_copy.is_none()).then_some(&response_copy),
     };
     encode_into(out, plan, &facts)
 }
