@@ -61,10 +61,11 @@ def encode_entry(request: CapturedRequest) -> bytes:
 def encode_run(
     requests: list[CapturedRequest], start: int, config: KafkaLogConfig, limit: int
 ) -> tuple[list[tuple[bytes | None, bytes]], int, object] | None:
-    """The entries of ``requests[start:]`` in one native call, while each has ``config``,
-    no bodies nor upstream facts, and fits ``limit`` bytes: the messages ``(None, entry)``,
-    their total bytes, and what :func:`rest_of_run` needs for the request the run stopped
-    at. None when ``config``'s entries are not built natively (``encode_entry`` then)."""
+    """The entries of ``requests[start:]`` in one native call, while each has ``config``
+    and no upstream facts, and fits ``limit`` bytes: the messages ``(None, entry)``, their
+    total bytes, and what :func:`rest_of_run` needs for the request the run stopped at.
+    Bodies are written natively from their ``BodyCopy`` (what only Python writes stops
+    the run). None when ``config``'s entries are not built natively (``encode_entry``)."""
     if _native is None:
         return None
     last = _last_plan
