@@ -1283,3 +1283,50 @@ def _clone_bodies(request: CapturedRequest) -> CapturedRequest:
     clone = _clone(request)
     clone.request_body, clone.response_body = request.request_body, request.response_body
     return clone
+
+
+def _traceparent(rng: random.Random) -> bytes:
+    """A ``traceparent`` value: valid, or broken in one of the ways W3C forbids."""
+    hex_digits = "0123456789abcdef"
+    version = rng.choice(["00", "00", "01", "fe", "ff", "0g", "0A"])
+    trace = "".join(rng.choice(hex_digits) for _ in range(32))
+    parent = "".join(rng.choice(hex_digits) for _ in range(16))
+    trace = rng.choice([trace, trace, "0" * 32, trace.upper(), trace[:31] + "x"])
+    parent = rng.choice([parent, parent, "0" * 16])
+    value = f"{version}-{trace}-{parent}-{rng.choice(['01', '00', 'zz'])}"
+    value += rng.choice(["", "", "", "-more", "x", "-"])
+    value = rng.choice(["", " ", "\t", " \t"]) + value + rng.choice(["", " ", "\t "])
+    return value.encode()[: rng.choice([1000, 1000, 54, 20])]
+
+
+def test_runs_write_trace_ids_as_the_python_path_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kong3 runs read the span's id and parse ``traceparent`` natively, byte for byte
+    ``tracing.trace_id``'s, and leave unusual types to it."""
+    rng = random.Random(20261206)
+    config = _config("kong3")
+    requests: list[CapturedRequest] = []
+    names = [b"traceparent", b"TraceParent", b"traceparent ", b"tracestate"]
+    for _ in range(1500):
+        request = _request(config=config)
+        headers = [pair for pair in request.scope["headers"] if pair[0] != b"traceparent"]
+        for _ in range(rng.choice([0, 1, 1, 1, 2])):
+            headers.insert(rng.randrange(len(headers) + 1), (rng.choice(names), _traceparent(rng)))
+        request.scope["headers"] = rng.choice([headers, headers, tuple(headers)])
+        request.trace_id = rng.choice([0, 0, 0, 1, rng.getrandbits(128), 2**128, -5, True])
+        requests.append(request)
+    kinds: Counter[str] = Counter()
+    expected = [_without_id(_python(r)) for r in requests]
+    asked: list[CapturedRequest] = []
+
+    def python_trace_id(request: CapturedRequest) -> str | None:
+        asked.append(request)
+        return trace_id(request)
+
+    monkeypatch.setattr(serializer, "trace_id", python_trace_id)
+    assert [_without_id(o) for o in _by_runs(requests, 1 << 30, kinds)] == expected
+    # Only unusual span ids (a bool, a negative one, one over 128 bits) ask Python.
+    assert all(type(r.trace_id) is bool or not 0 <= r.trace_id < 2**128 for r in asked)
+    assert 0 < len(asked) < 0.4 * len(requests)
+    logged = [orjson.loads(o[1]).get("trace_id") for o in expected if o[0] == "bytes"]
+    assert sum(1 for t in logged if t is not None) >= 300  # spans and valid headers
+    assert sum(1 for t in logged if t is None) >= 300  # none, several, or invalid

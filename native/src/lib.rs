@@ -19,6 +19,7 @@ mod environ;
 mod json;
 mod nginx;
 mod records;
+mod trace;
 mod value;
 
 /// Version of the calling convention between this module and `serializer.py`.
@@ -337,7 +338,10 @@ fn encode_one<'py>(
         return Ok(None);
     }
     let trace = match trace_fn {
-        Some(f) => f.call1((request,))?.extract::<Option<String>>()?,
+        Some(f) => match trace::trace_id(request, &scope)? {
+            Some(known) => known,
+            None => f.call1((request,))?.extract::<Option<String>>()?,
+        },
         None => None,
     };
     let facts = entry::Facts {
