@@ -109,6 +109,8 @@ class _Outbox:
     use: _Use
     config: KafkaLogConfig
     messages: list[Message] = field(default_factory=list)
+    size: int = 0
+    """The bytes of ``messages`` (see ``_size``)."""
     since: float = 0.0
     first_end: float = 0.0
     """The response-end time of the oldest of ``messages`` (for the latency metric)."""
@@ -119,6 +121,12 @@ class _Outbox:
     def ends(self) -> tuple[float, float]:
         """The oldest and newest response-end times of ``messages``."""
         return self.first_end, self.last_end
+
+    def take(self) -> tuple[list[Message], int]:
+        """All of ``messages`` and their bytes, leaving the outbox empty."""
+        messages, size = self.messages, self.size
+        self.messages, self.size = [], 0
+        return messages, size
 
 
 @dataclass(eq=False)
@@ -155,6 +163,7 @@ class _Attempt:
         messages: list[Message],
         order: tuple[float, float],
         ends: tuple[float, float],
+        size: int | None = None,
     ) -> None:
         self.publisher = publisher
         self.box = box
@@ -167,7 +176,7 @@ class _Attempt:
         """See ``_Outbox.ends``."""
         self.count = len(messages)
         """Messages not reported yet."""
-        self.size = _size(messages)
+        self.size = _size(messages) if size is None else size
         """Their bytes (see ``Publisher._held``)."""
 
     def __call__(
@@ -290,8 +299,7 @@ class Publisher:
             self._spill(entries.box, entries.messages)
         for box in self._outboxes.values():
             if box.messages:
-                self._spill(box, box.messages)
-                box.messages = []
+                self._spill(box, box.take()[0])
         for request in self.buffer.drain_all():
             encoded = self._encode(request)
             if encoded is not None:
@@ -520,8 +528,7 @@ class Publisher:
         after what its outbox holds (built before it)."""
         parked = box.use.parked
         if box.messages:
-            messages, box.messages = box.messages, []
-            parked.append(_Parked(self._next_order(), box, messages, False))
+            parked.append(_Parked(self._next_order(), box, box.take()[0], False))
         last = parked[-1] if parked else None
         if last is not None and last.order == self._order and last.box is box:
             last.messages.append(message)
@@ -624,6 +631,7 @@ class Publisher:
             box.first_end = first.t_end
         box.last_end = last.t_end
         box.messages += messages
+        box.size += size
 
     def _place(
         self,
@@ -656,6 +664,7 @@ class Publisher:
             box.first_end = request.t_end
         box.last_end = request.t_end
         box.messages.append(message)
+        box.size += size
 
     def _made_room(self, size: int, bound: int, config: KafkaLogConfig) -> bool:
         """Past the byte bound: True when the oldest entries made room for ``size`` more
@@ -689,7 +698,9 @@ class Publisher:
         for box in sorted(self._outboxes.values(), key=lambda b: b.since):
             taken = 0
             while taken < len(box.messages) and not done():
-                self._held -= _size([box.messages[taken]])
+                size = _size([box.messages[taken]])
+                self._held -= size
+                box.size -= size
                 taken += 1
                 count -= 1
             if taken:
@@ -716,25 +727,22 @@ class Publisher:
             if due is None:
                 del self._outboxes[key]
             elif box.use.parked and self._spills(box):  # they follow what is parked
-                messages, box.messages = box.messages, []
-                self._park(box, messages, self._next_order(), False)
+                self._park(box, box.take()[0], self._next_order(), False)
             elif box.use.producer.ready and (due <= 0 or self._stopping):
-                messages, box.messages = box.messages, []
+                messages, size = box.take()
                 if box.config.producer_async:
-                    await self._hand_over(box, messages, 1, False, box.ends)
+                    await self._hand_over(box, messages, 1, False, box.ends, size=size)
                 else:  # Kong's sync mode: each entry on its own
                     for message in messages:
                         await self._hand_over(box, [message], 1, False, box.ends)
             elif self._drops_refused(box):
-                messages, box.messages = box.messages, []
-                self._refused(messages, False)
+                self._refused(box.take()[0], False)
             elif self._spills(box) and (
                 self._stopping or now - box.since >= box.config.spool_sync_interval / 1000
             ):
                 # Waiting for a connection: on disk after a sync interval (or at shutdown),
                 # so that a crash loses no more than that.
-                messages, box.messages = box.messages, []
-                self._park(box, messages, self._next_order(), False)
+                self._park(box, box.take()[0], self._next_order(), False)
 
     def _encode(
         self, request: CapturedRequest, rest: object = None
@@ -794,15 +802,17 @@ class Publisher:
         written_before: bool,
         ends: tuple[float, float],
         order: tuple[float, float] | None = None,
+        size: int | None = None,
     ) -> None:
         """Give ``messages`` to their (connected) producer; failures are retried.
-        ``order``: theirs in build order (see ``_Attempt.order``); None: the next."""
+        ``order``: theirs in build order (see ``_Attempt.order``); None: the next.
+        ``size``: their bytes, when known."""
         use = box.use
         use.in_flight += len(messages)
         use.last_used = time.monotonic()
         if order is None:
             order = (self._next_order(), 1.0)
-        on_done = _Attempt(self, box, attempt, written_before, messages, order, ends)
+        on_done = _Attempt(self, box, attempt, written_before, messages, order, ends, size)
         try:
             await use.producer.send(box.config.topic, messages, on_done)
         except Exception as exc:  # a backend failing outright: count, never lose

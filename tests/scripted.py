@@ -40,7 +40,7 @@ from kafka_log_middleware.producers import (
     ProducerCache,
     Verdict,
 )
-from kafka_log_middleware.publisher import Publisher, Resolver
+from kafka_log_middleware.publisher import Publisher, Resolver, _size
 from kafka_log_middleware.types import Message as AsgiMessage
 from tests.asgi_driver import http_scope
 
@@ -407,6 +407,11 @@ class Rig:
 
     def _step(self) -> None:
         self.violations += invariant_problems(self.buffer.stats())
+        for box in self.publisher._outboxes.values():
+            if box.size != _size(box.messages):
+                self.violations.append(
+                    f"an outbox counts {box.size} bytes, holds {_size(box.messages)}"
+                )
         self._changed.set()
 
     # -- driving ------------------------------------------------------------------
