@@ -563,6 +563,7 @@ class Publisher:
         last_config: KafkaLogConfig | None = None
         box: _Outbox | None = None
         to_disk = False
+        limit = -1  # the entry limit of last_config's runs; -1: no runs
         clock = time.perf_counter
         slice_end = clock() + SLICE_SECONDS
         bound = self._config().buffer_max_bytes
@@ -574,11 +575,11 @@ class Publisher:
                 request = chunk[index]
                 config = request.config
                 if config is not last_config or box is None:  # mostly one config: look up once
-                    last_config, box = config, self._outbox(config)
-                    to_disk = self._to_disk(box)
+                    last_config = config
+                    box, to_disk, limit = self._destination(config)
                 rest: object = None
-                if not to_disk and self._runs(config):
-                    run = encode_run(chunk, index, config, config.entry_limit)
+                if limit >= 0:
+                    run = encode_run(chunk, index, config, limit)
                     if run is not None:
                         messages, size, rest = run
                         if messages:
@@ -598,12 +599,19 @@ class Publisher:
                     continue
                 config, message = encoded
                 if config is not last_config:
-                    last_config, box = config, self._outbox(config)
-                    to_disk = self._to_disk(box)
+                    last_config = config
+                    box, to_disk, limit = self._destination(config)
                 self._place(box, request, message, to_disk, bound, now)
             if clock() >= slice_end:
                 await asyncio.sleep(0)
                 slice_end = clock() + SLICE_SECONDS
+
+    def _destination(self, config: KafkaLogConfig) -> tuple[_Outbox, bool, int]:
+        """Where ``config``'s entries go: its outbox, whether to the spool instead
+        (``_to_disk``), and the entry limit of its runs (-1: no runs, see ``_runs``)."""
+        box = self._outbox(config)
+        to_disk = self._to_disk(box)
+        return box, to_disk, config.entry_limit if self._runs(config) and not to_disk else -1
 
     def _runs(self, config: KafkaLogConfig) -> bool:
         """Whether ``config``'s entries may be encoded in runs (``serializer.encode_run``):
