@@ -38,7 +38,7 @@ impl From<CastIntoError<'_>> for Fallback {
 
 pub type Res<T> = Result<T, Fallback>;
 type Pair<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>);
-type Pairs<'py> = SmallVec<[Pair<'py>; 12]>;
+pub type Pairs<'py> = SmallVec<[Pair<'py>; 12]>;
 type Header<'a> = (&'a [u8], &'a [u8]);
 type Headers<'a> = SmallVec<[Header<'a>; 12]>;
 
@@ -273,7 +273,7 @@ fn float_of(value: &Bound<'_, PyAny>) -> Res<f64> {
 }
 
 /// Header pairs: a list or tuple of `(name, value)` tuples/lists of exact bytes.
-fn pairs<'py>(value: &Bound<'py, PyAny>, out: &mut Pairs<'py>) -> Res<()> {
+pub fn pairs<'py>(value: &Bound<'py, PyAny>, out: &mut Pairs<'py>) -> Res<()> {
     if let Ok(list) = value.cast_exact::<PyList>() {
         for item in list.iter() {
             out.push(pair(&item)?);

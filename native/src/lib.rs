@@ -261,7 +261,8 @@ fn encode<'py>(
 /// `(None, entry)` of one outbox, with their total bytes, and what stopped the run.
 ///
 /// A request takes it while its `config` is `config`, its scope has no `upstream_key`,
-/// it carries no bodies, and its entry comes out as plain bytes of at most `limit`.
+/// and its entry (bodies written from their `BodyCopy`) comes out as plain bytes of at
+/// most `limit`.
 /// The run stops at the first that does not; `rest` says how that one goes on: `None`
 /// (no hook ran for it: `encode_entry` from the start), the entry's bytes (over
 /// `limit`), `(entry, fields)` (as from [`encode`]), or the exception it raised (the

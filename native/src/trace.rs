@@ -4,7 +4,9 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyTuple};
+use pyo3::types::{PyDict, PyInt};
+
+use crate::entry::{pairs, Pairs};
 
 /// `Some(the id or None)`, or `None` when only the Python function can tell (a span id
 /// or headers of unusual types).
@@ -29,18 +31,12 @@ pub fn trace_id(
     let Some(headers) = scope.get_item(intern!(py, "headers"))? else {
         return Ok(Some(None));
     };
-    let items = if let Ok(list) = headers.cast_exact::<PyList>() {
-        list.iter().collect::<Vec<_>>()
-    } else if let Ok(tuple) = headers.cast_exact::<PyTuple>() {
-        tuple.iter().collect()
-    } else {
+    let mut items = Pairs::new();
+    if pairs(&headers, &mut items).is_err() {
         return Ok(None);
-    };
+    }
     let mut found = None;
-    for item in &items {
-        let Some((name, value)) = pair(item) else {
-            return Ok(None);
-        };
+    for (name, value) in &items {
         if name.as_bytes().eq_ignore_ascii_case(b"traceparent") {
             if found.is_some() {
                 return Ok(Some(None)); // several: which one was meant is unknown
@@ -49,16 +45,6 @@ pub fn trace_id(
         }
     }
     Ok(Some(found.and_then(|value| parse(strip(value.as_bytes())))))
-}
-
-fn pair<'py>(item: &Bound<'py, PyAny>) -> Option<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-    let tuple = item.cast_exact::<PyTuple>().ok()?;
-    if tuple.len() != 2 {
-        return None;
-    }
-    let name = tuple.get_item(0).ok()?.cast_into_exact::<PyBytes>().ok()?;
-    let value = tuple.get_item(1).ok()?.cast_into_exact::<PyBytes>().ok()?;
-    Some((name, value))
 }
 
 /// `value.strip(b" \t")`.
