@@ -580,7 +580,9 @@ class Publisher:
                 rest: object = None
                 if limit >= 0:
                     run = encode_run(chunk, index, config, limit)
-                    if run is not None:
+                    if run is None:  # no native plan for this config: per entry, this slice
+                        limit = -1
+                    else:
                         messages, size, rest = run
                         if messages:
                             last = chunk[index + len(messages) - 1]
