@@ -28,6 +28,7 @@ from .buffer import LogBuffer
 from .capture import DOOR_KEY, CapturedRequest
 from .config import KafkaLogConfig, KafkaLogFields
 from .filters import EXCLUDED, excluded
+from .native import module as _native
 from .pipeline import Pipeline, config_of, update_config_of
 from .producers import Producer
 from .publisher import Resolver
@@ -112,7 +113,10 @@ class KafkaLogMiddleware:
             await self.app(scope, receive, send)
             return
         scope[DOOR_KEY] = "asgi"
-        request = ASGIRequest(scope, config, receive, send)
+        if config.native_serializer and NativeASGIRequest is not None:
+            request: ASGIRequest = NativeASGIRequest(scope, config, receive, send)
+        else:
+            request = ASGIRequest(scope, config, receive, send)
         reader = pipeline.span_reader
         if reader is not None:
             request.trace_id = reader()
@@ -308,6 +312,25 @@ class ASGIRequest(CapturedRequest):
         """Drop the references to the server's callables once the request is over."""
         self.finish()
         del self._receive, self._send
+
+
+NativeASGIRequest: Any = None
+"""``ASGIRequest``'s compiled twin (``native/src/capture.rs``), when the native module is
+installed: the same attributes and ``send``, without their Python frames, and read by
+the encoder from its struct; used for configs with ``native_serializer`` on. None
+without the module."""
+
+if _native is not None:
+
+    class NativeASGIRequest(_native.AsgiCapture):  # type: ignore[misc, no-redef]
+        """An ``ASGIRequest`` whose facts and ``send`` are compiled; the rest is shared."""
+
+        __slots__ = ()
+        receive = ASGIRequest.receive
+        _gone = ASGIRequest._gone
+        _watched_send = ASGIRequest._watched_send
+        content_length = CapturedRequest.content_length
+        __repr__ = CapturedRequest.__repr__
 
 
 def _inside_a_server() -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-PROTOCOL = 9
+PROTOCOL = 10
 """The calling convention this package expects (``PROTOCOL`` in native/src/lib.rs)."""
 
 try:

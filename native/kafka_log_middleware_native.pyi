@@ -53,6 +53,39 @@ class Plan:
         redact_body_keys: bool,
     ) -> Plan: ...
 
+class AsgiCapture:
+    """The ASGI door's record of one request (``asgi.NativeASGIRequest`` subclasses it):
+    ``asgi.ASGIRequest``'s attributes and ``send``, compiled."""
+
+    scope: Any
+    config: Any
+    started_at: float
+    t_start: float
+    t_response: float
+    t_end: float
+    status: Any
+    response_headers: Any
+    body_sent: int
+    body_read: int
+    file_path: Any
+    raised: bool
+    client_gone: bool
+    trace_id: Any
+    request_body: Any
+    response_body: Any
+
+    def __new__(cls, scope: Any, config: Any, receive: Any, send: Any, /) -> AsgiCapture: ...
+    @property
+    def _receive(self) -> Any: ...
+    @property
+    def _send(self) -> Any: ...
+    @property
+    def _watch_sends(self) -> bool: ...
+    def send(self, message: Any, /) -> Any:
+        """Record the message's facts, then return the server's ``send(message)``."""
+    def finish(self) -> None: ...
+    def detach(self) -> None: ...
+
 def encode(
     plan: Plan,
     request: Any,

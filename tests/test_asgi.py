@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route
 
 from kafka_log_middleware import KafkaLogConfig, KafkaLogMiddleware, _log, publisher
-from kafka_log_middleware.asgi import ASGIRequest
+from kafka_log_middleware.asgi import ASGIRequest, NativeASGIRequest
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.serializer import build_entry
 from kafka_log_middleware.types import Message, Receive, Scope, Send
@@ -74,6 +74,19 @@ async def test_http_request_passes_through_and_is_captured() -> None:
     }
     assert entry["request"]["querystring"] == {"a": "1"}
     assert middleware.stats()["enqueued"] == 1
+    await middleware.aclose()
+
+
+@pytest.mark.parametrize("native_serializer", [True, False])
+async def test_the_capture_is_compiled_with_the_native_serializer(native_serializer: bool) -> None:
+    middleware = KafkaLogMiddleware(
+        starlette_app(), offline_config(native_serializer=native_serializer)
+    )
+    await request(middleware, http_scope("/hello/you"))
+    [captured] = buffered(middleware)
+    native = native_serializer and NativeASGIRequest is not None
+    assert type(captured) is (NativeASGIRequest if native else ASGIRequest)
+    assert (captured.status, captured.body_sent) == (200, 15)
     await middleware.aclose()
 
 

@@ -49,14 +49,8 @@ pub struct Facts<'a, 'py> {
     pub scope: &'a Bound<'py, PyAny>,
     pub status: &'a Bound<'py, PyAny>,
     pub response_headers: &'a Bound<'py, PyAny>,
-    pub body_sent: &'a Bound<'py, PyAny>,
-    pub body_read: &'a Bound<'py, PyAny>,
     pub file_path: &'a Bound<'py, PyAny>,
-    pub client_gone: &'a Bound<'py, PyAny>,
-    pub started_at: &'a Bound<'py, PyAny>,
-    pub t_start: &'a Bound<'py, PyAny>,
-    pub t_response: &'a Bound<'py, PyAny>,
-    pub t_end: &'a Bound<'py, PyAny>,
+    pub numbers: Numbers,
     /// The trace id to log as `{"w3c": ...}` (32 lowercase hex digits), if any.
     pub trace_id: Option<&'a str>,
     /// The request's body fields (`bodies.body_fields`), or None.
@@ -67,6 +61,33 @@ pub struct Facts<'a, 'py> {
     pub request_copy: Option<&'a Bound<'py, PyAny>>,
     /// The response's `BodyCopy`, likewise.
     pub response_copy: Option<&'a Bound<'py, PyAny>>,
+}
+
+/// The request's counts, flag and times, as `CapturedRequest` holds them.
+pub struct Numbers {
+    pub body_sent: i64,
+    pub body_read: i64,
+    pub client_gone: bool,
+    pub started_at: f64,
+    pub t_start: f64,
+    pub t_response: f64,
+    pub t_end: f64,
+}
+
+impl Numbers {
+    /// From the attributes' values; `None` for any of a type only Python reads exactly.
+    pub fn of(values: [&Bound<'_, PyAny>; 7]) -> Option<Self> {
+        let [body_sent, body_read, client_gone, started_at, t_start, t_response, t_end] = values;
+        Some(Self {
+            body_sent: int_of(body_sent).ok()?,
+            body_read: int_of(body_read).ok()?,
+            client_gone: client_gone.is_truthy().ok()?,
+            started_at: float_of(started_at).ok()?,
+            t_start: float_of(t_start).ok()?,
+            t_response: float_of(t_response).ok()?,
+            t_end: float_of(t_end).ok()?,
+        })
+    }
 }
 
 /// Everything before `service`; the scope on success, for the hooks.
@@ -142,7 +163,7 @@ fn head<'a, 'py>(
     out.extend_from_slice(b",\"client_ip\":");
     write_client_ip(out, scope)?;
     out.extend_from_slice(b",\"started_at\":");
-    json::int(out, ms(float_of(facts.started_at)?)?);
+    json::int(out, ms(facts.numbers.started_at)?);
     if plan.kong3 {
         write_kong3_fields(out, plan, status);
     }
@@ -494,7 +515,7 @@ fn request_length(
             chunked = nginx::is_chunked(value);
         }
     }
-    let body_read = int_of(facts.body_read)?;
+    let body_read = facts.numbers.body_read;
     size += 2 + if chunked {
         i128::from(body_read) + i128::from(nginx::chunk_framing(body_read))
     } else {
@@ -640,7 +661,7 @@ fn write_response(
             None => write_fields(out, facts.response_body)?,
         }
         out.push(b'}');
-    } else if facts.client_gone.is_truthy()? {
+    } else if facts.numbers.client_gone {
         write_response_fields(out, plan, 499, &[], 0);
         out.push(b'}');
     } else {
@@ -697,7 +718,7 @@ fn write_response_fields(
 /// bytes the app sent.
 fn body_size(facts: &Facts<'_, '_>) -> Res<i64> {
     if facts.file_path.is_none() {
-        return int_of(facts.body_sent);
+        return Ok(facts.numbers.body_sent);
     }
     let path = str_of(facts.file_path)?;
     if path.contains('\0') {
@@ -721,9 +742,9 @@ fn bytes_sent(tables: &Tables, status: i64, headers: &[Header<'_>], body: i64) -
 }
 
 fn write_latencies(out: &mut Vec<u8>, plan: &Plan, facts: &Facts<'_, '_>) -> Res<()> {
-    let start = float_of(facts.t_start)?;
-    let responded = float_of(facts.t_response)?;
-    let t_end = float_of(facts.t_end)?;
+    let start = facts.numbers.t_start;
+    let responded = facts.numbers.t_response;
+    let t_end = facts.numbers.t_end;
     // `t_end or responded or start`: Python truthiness of floats (NaN is true)
     let end = [t_end, responded]
         .into_iter()

@@ -13,7 +13,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
+use capture::AsgiCapture;
+
 mod body;
+mod capture;
 mod entry;
 mod environ;
 mod json;
@@ -23,7 +26,7 @@ mod trace;
 mod value;
 
 /// Version of the calling convention between this module and `serializer.py`.
-const PROTOCOL: u32 = 9;
+const PROTOCOL: u32 = 10;
 
 /// Constants of `kafka_log_middleware` the entry depends on, given once at import so
 /// that the Python modules stay their single source.
@@ -227,19 +230,24 @@ fn encode<'py>(
     request_body: &Bound<'py, PyAny>,
     response_body: &Bound<'py, PyAny>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let facts = entry::Facts {
-        request,
-        scope,
-        status,
-        response_headers,
+    let Some(numbers) = entry::Numbers::of([
         body_sent,
         body_read,
-        file_path,
         client_gone,
         started_at,
         t_start,
         t_response,
         t_end,
+    ]) else {
+        return Ok(None);
+    };
+    let facts = entry::Facts {
+        request,
+        scope,
+        status,
+        response_headers,
+        file_path,
+        numbers,
         trace_id,
         request_body,
         response_body,
@@ -327,19 +335,98 @@ fn encode_one<'py>(
     upstream_key: &Bound<'py, PyString>,
     trace_fn: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if let Ok(capture) = request.cast::<AsgiCapture>() {
+        return encode_capture(out, plan, config, capture, upstream_key, trace_fn);
+    }
     let py = request.py();
     if !request.getattr(intern!(py, "config"))?.is(config) {
         return Ok(None);
     }
-    let request_copy = request.getattr(intern!(py, "request_body"))?;
-    let response_copy = request.getattr(intern!(py, "response_body"))?;
-    let none = py.None().into_bound(py);
     let scope = request.getattr(intern!(py, "scope"))?;
     if scope.contains(upstream_key)? {
         return Ok(None);
     }
+    let Some(numbers) = entry::Numbers::of([
+        &request.getattr(intern!(py, "body_sent"))?,
+        &request.getattr(intern!(py, "body_read"))?,
+        &request.getattr(intern!(py, "client_gone"))?,
+        &request.getattr(intern!(py, "started_at"))?,
+        &request.getattr(intern!(py, "t_start"))?,
+        &request.getattr(intern!(py, "t_response"))?,
+        &request.getattr(intern!(py, "t_end"))?,
+    ]) else {
+        return Ok(None);
+    };
     let trace = match trace_fn {
-        Some(f) => match trace::trace_id(request, &scope)? {
+        Some(f) => match trace::trace_id(&request.getattr(intern!(py, "trace_id"))?, &scope)? {
+            Some(known) => known,
+            None => f.call1((request,))?.extract::<Option<String>>()?,
+        },
+        None => None,
+    };
+    let request_copy = request.getattr(intern!(py, "request_body"))?;
+    let response_copy = request.getattr(intern!(py, "response_body"))?;
+    let none = py.None().into_bound(py);
+    let facts = entry::Facts {
+        request,
+        scope: &scope,
+        status: &request.getattr(intern!(py, "status"))?,
+        response_headers: &request.getattr(intern!(py, "response_headers"))?,
+        file_path: &request.getattr(intern!(py, "file_path"))?,
+        numbers,
+        trace_id: trace.as_deref(),
+        request_body: &none,
+        response_body: &none,
+        request_copy: (!request_copy.is_none()).then_some(&request_copy),
+        response_copy: (!response_copy.is_none()).then_some(&response_copy),
+    };
+    encode_into(out, plan, &facts)
+}
+
+/// [`encode_one`] of the ASGI door's record: its facts read from the struct.
+fn encode_capture<'py>(
+    out: &mut Vec<u8>,
+    plan: &Plan,
+    config: &Bound<'py, PyAny>,
+    capture: &Bound<'py, AsgiCapture>,
+    upstream_key: &Bound<'py, PyString>,
+    trace_fn: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = capture.py();
+    let none = || py.None().into_bound(py);
+    let bound =
+        |field: &Option<Py<PyAny>>| field.as_ref().map_or_else(none, |f| f.bind(py).clone());
+    let (scope, status, headers, file_path, span, request_copy, response_copy, numbers) = {
+        let this = capture.try_borrow()?;
+        if !this.config.as_ref().is_some_and(|c| c.bind(py).is(config)) {
+            return Ok(None);
+        }
+        let numbers = entry::Numbers {
+            body_sent: this.body_sent,
+            body_read: this.body_read,
+            client_gone: this.client_gone,
+            started_at: this.started_at,
+            t_start: this.t_start,
+            t_response: this.t_response,
+            t_end: this.t_end,
+        };
+        (
+            bound(&this.scope),
+            bound(&this.status),
+            bound(&this.response_headers),
+            bound(&this.file_path),
+            bound(&this.trace_id),
+            bound(&this.request_body),
+            bound(&this.response_body),
+            numbers,
+        )
+    };
+    if scope.contains(upstream_key)? {
+        return Ok(None);
+    }
+    let request = capture.as_any();
+    let trace = match trace_fn {
+        Some(f) => match trace::trace_id(&span, &scope)? {
             Some(known) => known,
             None => f.call1((request,))?.extract::<Option<String>>()?,
         },
@@ -348,19 +435,13 @@ fn encode_one<'py>(
     let facts = entry::Facts {
         request,
         scope: &scope,
-        status: &request.getattr(intern!(py, "status"))?,
-        response_headers: &request.getattr(intern!(py, "response_headers"))?,
-        body_sent: &request.getattr(intern!(py, "body_sent"))?,
-        body_read: &request.getattr(intern!(py, "body_read"))?,
-        file_path: &request.getattr(intern!(py, "file_path"))?,
-        client_gone: &request.getattr(intern!(py, "client_gone"))?,
-        started_at: &request.getattr(intern!(py, "started_at"))?,
-        t_start: &request.getattr(intern!(py, "t_start"))?,
-        t_response: &request.getattr(intern!(py, "t_response"))?,
-        t_end: &request.getattr(intern!(py, "t_end"))?,
+        status: &status,
+        response_headers: &headers,
+        file_path: &file_path,
+        numbers,
         trace_id: trace.as_deref(),
-        request_body: &none,
-        response_body: &none,
+        request_body: &none(),
+        response_body: &none(),
         request_copy: (!request_copy.is_none()).then_some(&request_copy),
         response_copy: (!response_copy.is_none()).then_some(&response_copy),
     };
@@ -399,6 +480,8 @@ fn encode_into<'py>(
 
 #[pymodule]
 mod kafka_log_middleware_native {
+    #[pymodule_export]
+    use super::capture::AsgiCapture;
     #[pymodule_export]
     use super::environ::scope_of;
     #[pymodule_export]

@@ -11,11 +11,10 @@ use crate::entry::{pairs, Pairs};
 /// `Some(the id or None)`, or `None` when only the Python function can tell (a span id
 /// or headers of unusual types).
 pub fn trace_id(
-    request: &Bound<'_, PyAny>,
+    span: &Bound<'_, PyAny>,
     scope: &Bound<'_, PyAny>,
 ) -> PyResult<Option<Option<String>>> {
-    let py = request.py();
-    let span = request.getattr(intern!(py, "trace_id"))?;
+    let py = span.py();
     let Ok(span) = span.cast_exact::<PyInt>() else {
         return Ok(None);
     };
