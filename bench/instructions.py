@@ -17,6 +17,10 @@ not time: a system call or a cache miss counts as what the code around it execut
 
     python -m bench.instructions --door asgi     # needs valgrind; starts a broker
     python -m bench.instructions --door wsgi --variants bare,full
+    python -m bench.instructions --variants request_path --python-capture   # A/B
+
+``--python-capture`` records ASGI requests in the Python ``ASGIRequest`` even when the
+native module is installed (the compiled capture's own effect, everything else equal).
 """
 
 from __future__ import annotations
@@ -130,6 +134,10 @@ def serve_asgi(variant: str, warm: int, count: int) -> None:
         uvloop.run(run())
 
 
+_PYTHON_CAPTURE = "BENCH_PYTHON_CAPTURE"
+"""Set in the child's environment by ``--python-capture``."""
+
+
 def instructions(door: str, variant: str, warm: int, count: int, env: dict[str, str]) -> int:
     """Total instructions of one run under callgrind."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,9 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", type=int, default=200)
     parser.add_argument("--few", type=int, default=200)
     parser.add_argument("--many", type=int, default=1200)
+    parser.add_argument(
+        "--python-capture",
+        action="store_true",
+        help="record ASGI requests in the Python ASGIRequest, not the compiled capture",
+    )
     args = parser.parse_args(argv)
     if args.child:
         door, variant, warm, count = args.child
+        if os.environ.get(_PYTHON_CAPTURE):
+            from kafka_log_middleware import asgi
+
+            asgi.NativeASGIRequest = None
         serve = serve_asgi if door == "asgi" else serve_wsgi
         serve(variant, int(warm), int(count))
         return 0
@@ -178,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         env = os.environ | {
             "KAFKA_LOG_BOOTSTRAP_SERVERS": bootstrap,
             "KAFKA_LOG_TOPIC": f"bench-instructions-{args.door}",
+            _PYTHON_CAPTURE: "1" if args.python_capture else "",
         }
         print(f"broker: {broker}", flush=True)
         counts = {}
