@@ -51,7 +51,9 @@ entries were delivered, and the oldest and newest response-end times (``perf_cou
 of its entries (see ``metrics.py``)."""
 
 _CHUNK = 8
-"""Entries encoded between two looks at the clock."""
+"""Entries encoded between two looks at the clock, at first; then adapted (``_chunk``)."""
+_CHUNK_MAX = 64
+"""The most entries encoded between two looks at the clock (~0.15 ms of plain ones)."""
 ENCODE_AT = 32
 """Buffered entries that wake the publisher to encode them."""
 ENCODE_DELAY = 0.01
@@ -66,6 +68,18 @@ _READY_POLL = 0.25
 _RETRY_BACKOFF_MAX = 5.0
 """Longest wait between two attempts past ``producer_request_retries_max_attempts``
 (``at_least_once``), in seconds."""
+
+
+def _next_chunk(size: int, taken: int, seconds: float) -> int:
+    """The next chunk's size, after ``taken`` entries (of ``size`` asked) took ``seconds``:
+    doubled (up to ``_CHUNK_MAX``) while a full chunk takes under a quarter of a slice,
+    halved (down to 1) when one takes over half, so that plain entries go in long native
+    runs and heavy ones (large bodies) still let the loop in as often as a slice says."""
+    if seconds > SLICE_SECONDS / 2:
+        return max(size // 2, 1)
+    if taken == size and seconds < SLICE_SECONDS / 4:
+        return min(size * 2, _CHUNK_MAX)
+    return size
 
 
 def _size(messages: list[Message]) -> int:
@@ -208,6 +222,8 @@ class Publisher:
         self._retries: deque[_Retry] = deque()
         self._held = 0
         """Bytes of the encoded entries held: in outboxes, retries, parked or in flight."""
+        self._chunk = _CHUNK
+        """Entries the next chunk takes from the buffer (see ``_next_chunk``)."""
         self._order = 0.0
         """The last batch number given (see ``_Attempt.order``)."""
         self._spooling: Spooling | None = None
@@ -568,7 +584,8 @@ class Publisher:
         slice_end = clock() + SLICE_SECONDS
         bound = self._config().buffer_max_bytes
         while left > 0 and self.buffer:
-            chunk = self.buffer.take(_CHUNK)
+            started = clock()
+            chunk = self.buffer.take(self._chunk)
             left -= len(chunk)
             index = 0
             while index < len(chunk):
@@ -604,7 +621,9 @@ class Publisher:
                     last_config = config
                     box, to_disk, limit = self._destination(config)
                 self._place(box, request, message, to_disk, bound, now)
-            if clock() >= slice_end:
+            ended = clock()
+            self._chunk = _next_chunk(self._chunk, len(chunk), ended - started)
+            if ended >= slice_end:
                 await asyncio.sleep(0)
                 slice_end = clock() + SLICE_SECONDS
 

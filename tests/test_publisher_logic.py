@@ -21,7 +21,7 @@ from kafka_log_middleware.buffer import LogBuffer
 from kafka_log_middleware.capture import CapturedRequest
 from kafka_log_middleware.config import KafkaLogConfig
 from kafka_log_middleware.gateway import upstream
-from kafka_log_middleware.producers import Verdict
+from kafka_log_middleware.producers import SLICE_SECONDS, Verdict
 from kafka_log_middleware.publisher import Publisher, Resolver
 from kafka_log_middleware.serializer import encode_entry
 from tests.scripted import (
@@ -1637,3 +1637,42 @@ async def test_a_damaged_spool_file_is_skipped_counted_and_the_rest_replayed(
         assert rig.counts("spool_corrupt", "delivered")["spool_corrupt"] == 1
     delivered = sorted(i for h in scripted.handovers() if h.reported for i in h.ids)
     assert delivered == sorted(set(range(5)) - set(lost))
+
+
+def test_chunks_grow_while_cheap_and_shrink_when_a_chunk_holds_the_loop_too_long() -> None:
+    """Entries taken between two looks at the clock: doubled while a full chunk takes
+    under a quarter of a slice (up to the cap), halved when one takes over half (down to
+    one entry), left alone in between or when the buffer had fewer to give."""
+    grow = SLICE_SECONDS / 8
+    shrink = SLICE_SECONDS * 0.75
+    between = SLICE_SECONDS / 3
+    cap = publisher_module._CHUNK_MAX
+    size = publisher_module._CHUNK
+    sizes = []
+    for _ in range(5):
+        size = publisher_module._next_chunk(size, size, grow)
+        sizes.append(size)
+    assert sizes == [16, 32, 64, cap, cap]
+    assert publisher_module._next_chunk(16, 3, grow) == 16  # a short chunk tells nothing
+    assert publisher_module._next_chunk(16, 16, between) == 16
+    sizes = []
+    for _ in range(8):
+        size = publisher_module._next_chunk(size, 1, shrink)
+        sizes.append(size)
+    assert sizes == [32, 16, 8, 4, 2, 1, 1, 1]
+
+
+async def test_entries_slow_to_build_are_taken_one_at_a_time(scripted: Scripted) -> None:
+    """An entry that takes most of a slice to build (here a hook sleeping 0.4 ms) brings
+    the chunk down to one entry, so the loop gets a turn after each."""
+
+    def slow(request: CapturedRequest) -> str:
+        time.sleep(SLICE_SECONDS * 0.8)
+        return "built"
+
+    settings = config(custom_fields={"slow": slow})
+    async with Rig(scripted, settings) as rig:
+        rig.put(40)
+        await rig.settled()
+        assert rig.publisher._chunk == 1
+        assert rig.counts("delivered") == {"delivered": 40}
