@@ -291,8 +291,34 @@ mod tests {
     }
 
     #[test]
+    fn finds_what_a_byte_by_byte_look_finds() {
+        // Every length around the 8-byte words, every byte value at one place,
+        // with a second special byte after it or not.
+        let reference = |s: &[u8], high: bool| {
+            s.iter()
+                .position(|&b| needs_escape(b) || (high && b >= 0x80))
+        };
+        for len in 1..70 {
+            for at in [0, len / 3, len / 2, len - 1] {
+                for byte in 0..=255u8 {
+                    for second in [None, Some(b'"'), Some(0x80)] {
+                        let mut s = vec![b'a'; len];
+                        s[at] = byte;
+                        if let Some(second) = second {
+                            s[len - 1 - (len - 1 - at) / 2] = second;
+                        }
+                        for high in [false, true] {
+                            assert_eq!(find_special(&s, high), reference(&s, high), "{s:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn finds_escapes_in_every_position() {
-        for len in 0..20 {
+        for len in 0..70 {
             for at in 0..len {
                 for special in [b'"', b'\\', 0x00, 0x1f] {
                     let mut s = vec![b'a'; len];
