@@ -16,6 +16,7 @@ the latency goes into a real ``Histogram``.
 from __future__ import annotations
 
 import bisect
+import glob
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .pipeline import Pipeline
@@ -361,16 +363,36 @@ def _restart(metrics: KafkaLogMultiprocessMetrics) -> Callable[[], None]:
 
 def metrics_response(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
     """The body and content type of a scrape: ``registry``'s metrics, or in
-    multiprocess mode every worker's, aggregated (``MultiProcessCollector``)."""
+    multiprocess mode every worker's, aggregated (``WorkersCollector``)."""
     if registry is None:
         if multiprocess_mode():
-            from prometheus_client import multiprocess
-
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            WorkersCollector(registry)
         else:
             registry = REGISTRY
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class WorkersCollector(MultiProcessCollector):
+    """prometheus_client's ``MultiProcessCollector``, leaving out the files a worker has
+    created and not sized yet. prometheus_client reads such an empty file as corrupt and
+    fails the whole scrape, and for good when the worker died in that instant
+    (client_python issue 1199)."""
+
+    def __init__(self, registry: CollectorRegistry, path: str | None = None) -> None:
+        super().__init__(registry, path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        files = glob.glob(os.path.join(self._path, "*.db"))
+        sized = [name for name in files if _has_data(name)]
+        return self.merge(sized, accumulate=True)  # type: ignore[no-untyped-call, no-any-return]
+
+
+def _has_data(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:  # gone meanwhile (a dead worker's gauges are removed)
+        return False
 
 
 async def starlette_endpoint(request: Any) -> Any:

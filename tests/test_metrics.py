@@ -154,15 +154,34 @@ def test_multiprocess_mode_with_two_gunicorn_workers_adds_up_both(
     total = {key: sum(worker[key] for worker in workers) for key in workers[0]}
     assert total["enqueued"] == total["delivered"] == LOAD + scrapes  # /metrics is logged too
     registry = CollectorRegistry()
-    from prometheus_client import multiprocess
-
-    multiprocess.MultiProcessCollector(registry, str(multiproc))  # type: ignore[no-untyped-call]
+    metrics.WorkersCollector(registry, str(multiproc))
     values = scraped(registry, topic)
     counters = {k: v for k, v in exported(total).items() if k not in metrics.GAUGES}
     assert {key: values.get(key, 0) for key in counters} == counters
     assert values["latency_count"] == total["delivered"]
     records = asyncio.run(consume(kafka_bootstrap, topic, LOAD + scrapes, settle=1))
     assert len(records) == LOAD + scrapes
+
+
+def test_a_scrape_leaves_out_a_metrics_file_a_worker_has_not_sized_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker creates its file, then sizes it: in between (or for good, if it died then)
+    the file is empty, which prometheus_client's collector reads as corrupt."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    written = MmapedDict(str(tmp_path / "counter_101.db"))  # type: ignore[no-untyped-call]
+    name = metrics.PREFIX + "delivered"
+    key = mmap_key(name, name + "_total", ["topic"], ["t"], "")
+    written.write_value(key, 7.0, 0.0)  # type: ignore[no-untyped-call]
+    written.close()  # type: ignore[no-untyped-call]
+    (tmp_path / "counter_102.db").touch()  # the other worker's, not sized yet
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    body, _ = metrics.metrics_response()
+    [family] = text_string_to_metric_families(body.decode())
+    assert [(s.name, s.labels, s.value) for s in family.samples] == [
+        (metrics.PREFIX + "delivered_total", {"topic": "t"}, 7.0)
+    ]
 
 
 def scraped_delivered(client: httpx.Client, topic: str) -> float:
