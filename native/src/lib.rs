@@ -335,117 +335,122 @@ fn encode_one<'py>(
     upstream_key: &Bound<'py, PyString>,
     trace_fn: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
-    if let Ok(capture) = request.cast::<AsgiCapture>() {
-        return encode_capture(out, plan, config, capture, upstream_key, trace_fn);
-    }
-    let py = request.py();
-    if !request.getattr(intern!(py, "config"))?.is(config) {
-        return Ok(None);
-    }
-    let scope = request.getattr(intern!(py, "scope"))?;
-    if scope.contains(upstream_key)? {
-        return Ok(None);
-    }
-    let Some(numbers) = entry::Numbers::of([
-        &request.getattr(intern!(py, "body_sent"))?,
-        &request.getattr(intern!(py, "body_read"))?,
-        &request.getattr(intern!(py, "client_gone"))?,
-        &request.getattr(intern!(py, "started_at"))?,
-        &request.getattr(intern!(py, "t_start"))?,
-        &request.getattr(intern!(py, "t_response"))?,
-        &request.getattr(intern!(py, "t_end"))?,
-    ]) else {
+    let read = match request.cast::<AsgiCapture>() {
+        Ok(capture) => Read::of_capture(capture, config)?,
+        Err(_) => Read::of_attributes(request, config)?,
+    };
+    let Some(read) = read else {
         return Ok(None);
     };
+    if read.scope.contains(upstream_key)? {
+        return Ok(None);
+    }
     let trace = match trace_fn {
-        Some(f) => match trace::trace_id(&request.getattr(intern!(py, "trace_id"))?, &scope)? {
+        Some(f) => match trace::trace_id(&read.span, &read.scope)? {
             Some(known) => known,
             None => f.call1((request,))?.extract::<Option<String>>()?,
         },
         None => None,
     };
-    let request_copy = request.getattr(intern!(py, "request_body"))?;
-    let response_copy = request.getattr(intern!(py, "response_body"))?;
-    let none = py.None().into_bound(py);
+    let none = request.py().None().into_bound(request.py());
     let facts = entry::Facts {
         request,
-        scope: &scope,
-        status: &request.getattr(intern!(py, "status"))?,
-        response_headers: &request.getattr(intern!(py, "response_headers"))?,
-        file_path: &request.getattr(intern!(py, "file_path"))?,
-        numbers,
+        scope: &read.scope,
+        status: &read.status,
+        response_headers: &read.response_headers,
+        file_path: &read.file_path,
+        numbers: read.numbers,
         trace_id: trace.as_deref(),
         request_body: &none,
         response_body: &none,
-        request_copy: (!request_copy.is_none()).then_some(&request_copy),
-        response_copy: (!response_copy.is_none()).then_some(&response_copy),
+        request_copy: (!read.request_copy.is_none()).then_some(&read.request_copy),
+        response_copy: (!read.response_copy.is_none()).then_some(&read.response_copy),
     };
     encode_into(out, plan, &facts)
 }
 
-/// [`encode_one`] of the ASGI door's record: its facts read from the struct.
-fn encode_capture<'py>(
-    out: &mut Vec<u8>,
-    plan: &Plan,
-    config: &Bound<'py, PyAny>,
-    capture: &Bound<'py, AsgiCapture>,
-    upstream_key: &Bound<'py, PyString>,
-    trace_fn: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let py = capture.py();
-    let none = || py.None().into_bound(py);
-    let bound =
-        |field: &Option<Py<PyAny>>| field.as_ref().map_or_else(none, |f| f.bind(py).clone());
-    let (scope, status, headers, file_path, span, request_copy, response_copy, numbers) = {
+/// The facts of a request of [`encode_run`]: by attribute, or from the ASGI door's struct.
+struct Read<'py> {
+    scope: Bound<'py, PyAny>,
+    status: Bound<'py, PyAny>,
+    response_headers: Bound<'py, PyAny>,
+    file_path: Bound<'py, PyAny>,
+    /// `trace_id`: the span id recorded on the request path.
+    span: Bound<'py, PyAny>,
+    request_copy: Bound<'py, PyAny>,
+    response_copy: Bound<'py, PyAny>,
+    numbers: entry::Numbers,
+}
+
+impl<'py> Read<'py> {
+    /// `None` for a request of another config, or with counts or times of a type only
+    /// the Python path reads exactly.
+    fn of_attributes(
+        request: &Bound<'py, PyAny>,
+        config: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Self>> {
+        let py = request.py();
+        if !request.getattr(intern!(py, "config"))?.is(config) {
+            return Ok(None);
+        }
+        let get = |name: &Bound<'py, PyString>| request.getattr(name);
+        let Some(numbers) = entry::Numbers::of([
+            &get(intern!(py, "body_sent"))?,
+            &get(intern!(py, "body_read"))?,
+            &get(intern!(py, "client_gone"))?,
+            &get(intern!(py, "started_at"))?,
+            &get(intern!(py, "t_start"))?,
+            &get(intern!(py, "t_response"))?,
+            &get(intern!(py, "t_end"))?,
+        ]) else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            scope: get(intern!(py, "scope"))?,
+            status: get(intern!(py, "status"))?,
+            response_headers: get(intern!(py, "response_headers"))?,
+            file_path: get(intern!(py, "file_path"))?,
+            span: get(intern!(py, "trace_id"))?,
+            request_copy: get(intern!(py, "request_body"))?,
+            response_copy: get(intern!(py, "response_body"))?,
+            numbers,
+        }))
+    }
+
+    /// `None` for a request of another config.
+    fn of_capture(
+        capture: &Bound<'py, AsgiCapture>,
+        config: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Self>> {
+        let py = capture.py();
         let this = capture.try_borrow()?;
         if !this.config.as_ref().is_some_and(|c| c.bind(py).is(config)) {
             return Ok(None);
         }
-        let numbers = entry::Numbers {
-            body_sent: this.body_sent,
-            body_read: this.body_read,
-            client_gone: this.client_gone,
-            started_at: this.started_at,
-            t_start: this.t_start,
-            t_response: this.t_response,
-            t_end: this.t_end,
+        let bound = |field: &Option<Py<PyAny>>| {
+            field
+                .as_ref()
+                .map_or_else(|| py.None().into_bound(py), |f| f.bind(py).clone())
         };
-        (
-            bound(&this.scope),
-            bound(&this.status),
-            bound(&this.response_headers),
-            bound(&this.file_path),
-            bound(&this.trace_id),
-            bound(&this.request_body),
-            bound(&this.response_body),
-            numbers,
-        )
-    };
-    if scope.contains(upstream_key)? {
-        return Ok(None);
+        Ok(Some(Self {
+            scope: bound(&this.scope),
+            status: bound(&this.status),
+            response_headers: bound(&this.response_headers),
+            file_path: bound(&this.file_path),
+            span: bound(&this.trace_id),
+            request_copy: bound(&this.request_body),
+            response_copy: bound(&this.response_body),
+            numbers: entry::Numbers {
+                body_sent: this.body_sent,
+                body_read: this.body_read,
+                client_gone: this.client_gone,
+                started_at: this.started_at,
+                t_start: this.t_start,
+                t_response: this.t_response,
+                t_end: this.t_end,
+            },
+        }))
     }
-    let request = capture.as_any();
-    let trace = match trace_fn {
-        Some(f) => match trace::trace_id(&span, &scope)? {
-            Some(known) => known,
-            None => f.call1((request,))?.extract::<Option<String>>()?,
-        },
-        None => None,
-    };
-    let facts = entry::Facts {
-        request,
-        scope: &scope,
-        status: &status,
-        response_headers: &headers,
-        file_path: &file_path,
-        numbers,
-        trace_id: trace.as_deref(),
-        request_body: &none(),
-        response_body: &none(),
-        request_copy: (!request_copy.is_none()).then_some(&request_copy),
-        response_copy: (!response_copy.is_none()).then_some(&response_copy),
-    };
-    encode_into(out, plan, &facts)
 }
 
 thread_local! {
